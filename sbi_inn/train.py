@@ -1,0 +1,229 @@
+"""A short, resumable training loop shared by the cINN and the bidirectional INN.
+
+Adam with an exponentially decaying learning rate (thesis B.5: "decaying learning rate from 1e-3 to 1e-5"),
+gradient-norm clipping (thesis 3.5, "vital"; NOTES.md: a norm around 8), non-finite losses skipped instead of
+corrupting the weights, early stopping on a validation split, a checkpoint after every epoch holding the optimizer
+state, so an interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
+
+Every epoch runs under its own seed (derived from ``seed`` and the epoch number) for the shuffling and any noise the
+loss draws, which is what makes resumed and uninterrupted runs identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+# A batch is a tuple of tensors; the loss returns the scalar to minimise and named float parts for the history.
+LossFn = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: maximum number of passes over the training data.
+        batch_size: samples per gradient step.
+        lr, lr_final: learning rate at the first and the last epoch (exponential decay in between).
+        weight_decay: Adam weight decay.
+        grad_clip: maximum gradient norm (``None`` disables clipping).
+        patience: epochs without validation improvement before stopping (``None`` disables early stopping).
+        max_time: wall-clock budget in seconds (``None``: no limit); training stops after the epoch that passes it.
+        num_workers: DataLoader workers for datasets streamed from disk.
+        seed: seeds shuffling and the noise drawn by losses.
+    """
+
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float | None = 8.0
+    patience: int | None = 20
+    max_time: float | None = None
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not (self.lr > 0 and self.lr_final > 0):
+            raise ValueError(f"TrainConfig: learning rates must be positive, got {self.lr}, {self.lr_final}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig: grad_clip must be positive or None, got {self.grad_clip}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**63 - 1)
+
+
+def iterate_batches(data, batch_size: int, generator: torch.Generator, *, shuffle: bool = True,
+                    num_workers: int = 0) -> Iterable[tuple[Tensor, ...]]:
+    """Minibatches from a tuple of equally long tensors (fast slicing) or from a torch ``Dataset``."""
+    if isinstance(data, (tuple, list)):
+        n = data[0].shape[0]
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield tuple(t[idx.to(t.device)] for t in data)
+    elif isinstance(data, Dataset):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                            num_workers=num_workers, persistent_workers=False)
+        for batch in loader:
+            yield tuple(batch)
+    else:
+        raise TypeError(f"training data must be a tuple of tensors or a torch Dataset, got {type(data).__name__}")
+
+
+def _num_rows(data) -> int:
+    return data[0].shape[0] if isinstance(data, (tuple, list)) else len(data)
+
+
+def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: TrainConfig, *,
+          device: torch.device, checkpoint_path: str | Path | None = None, show_progress: bool = True,
+          val_loss_fn: LossFn | None = None) -> list[dict]:
+    """Train ``model`` in place and return the history (one dict per epoch).
+
+    Args:
+        model: the module to optimise (already on ``device``).
+        loss_fn: ``loss_fn(model, batch) -> (loss, parts)``; noise it draws from the global RNG is seeded per epoch.
+        train_data, val_data: tuples of tensors or torch Datasets (``val_data`` may be ``None``).
+        config: optimisation settings.
+        checkpoint_path: where to write the checkpoint after every epoch; an existing checkpoint is resumed.
+        val_loss_fn: loss used on validation data (defaults to ``loss_fn``).
+
+    Returns:
+        A list of per-epoch records: ``epoch``, ``train_loss``, ``val_loss``, ``lr``, ``seconds``,
+        ``skipped_steps`` and the averaged named parts. The model ends with the weights of the best validation
+        epoch (the last epoch when there is no validation data).
+    """
+    val_loss_fn = val_loss_fn or loss_fn
+    if _num_rows(train_data) == 0:
+        raise ValueError("no training data")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    gamma = (config.lr_final / config.lr) ** (1.0 / max(1, config.epochs - 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    history: list[dict] = []
+    best = {"val": math.inf, "state": None, "epoch": -1}
+    start_epoch, elapsed = 0, 0.0
+
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
+        history = [dict(zip(state["history_keys"], row)) for row in state["history_rows"].tolist()]
+        best = {"val": float(state["best_val"]), "state": state.get("best_state"), "epoch": int(state["best_epoch"])}
+        if state.get("finished", False):
+            start_epoch = config.epochs
+
+    bar = tqdm(range(start_epoch, config.epochs), disable=not show_progress, desc="training", unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(_epoch_seed(config.seed, epoch))
+            gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
+            record = _run_epoch(model, loss_fn, train_data, optimizer, config, device, gen)
+            if val_data is not None and _num_rows(val_data) > 0:
+                record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, gen)
+        record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+        scheduler.step()
+        elapsed += record["seconds"]
+        history.append(record)
+
+        monitored = record.get("val_loss", record["train_loss"])
+        if monitored < best["val"]:
+            best = {"val": monitored, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        stop = (config.patience is not None and epoch - best["epoch"] >= config.patience) or (
+            config.max_time is not None and elapsed >= config.max_time)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, finished=stop)
+        if stop:
+            break
+
+    if best["state"] is not None and val_data is not None:
+        model.load_state_dict(best["state"])
+    return history
+
+
+def _run_epoch(model, loss_fn, data, optimizer, config, device, gen) -> dict:
+    model.train()
+    totals: dict[str, float] = {}
+    steps = skipped = 0
+    for batch in iterate_batches(data, config.batch_size, gen, num_workers=config.num_workers):
+        batch = tuple(t.to(device, non_blocking=True) for t in batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss, parts = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            skipped += 1
+            continue
+        loss.backward()
+        if config.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if not torch.isfinite(norm):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+        optimizer.step()
+        steps += 1
+        totals["train_loss"] = totals.get("train_loss", 0.0) + float(loss.detach())
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    if steps == 0:
+        raise FloatingPointError(f"every training step of this epoch had a non-finite loss ({skipped} skipped); "
+                                 "lower the learning rate or check the data for outliers")
+    record = {k: v / steps for k, v in totals.items()}
+    record["skipped_steps"] = skipped
+    return record
+
+
+@torch.no_grad()
+def _evaluate(model, loss_fn, data, config, device, gen) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in iterate_batches(data, max(config.batch_size, 1024), gen, shuffle=False,
+                                 num_workers=config.num_workers):
+        batch = tuple(t.to(device) for t in batch)
+        loss, _ = loss_fn(model, batch)
+        if torch.isfinite(loss):
+            total += float(loss) * batch[0].shape[0]
+            count += batch[0].shape[0]
+    model.train()
+    return total / count if count else math.inf
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, *, finished) -> None:
+    keys = sorted({k for rec in history for k in rec})
+    rows = torch.tensor([[float(rec.get(k, math.nan)) for k in keys] for rec in history], dtype=torch.float64)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "epoch": epoch, "elapsed": elapsed, "history_keys": keys, "history_rows": rows,
+             "best_val": best["val"], "best_epoch": best["epoch"], "best_state": best["state"], "finished": finished}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
+
+
+def clone_state(model: nn.Module) -> dict:
+    """A deep copy of a model's state dict (handy for tests comparing weights)."""
+    return copy.deepcopy(model.state_dict())

@@ -1,0 +1,121 @@
+"""Bijections between an unconstrained space and a prior's support, and data standardisation.
+
+Models train in the unconstrained space ``u`` and map samples back with ``x = T(u)``, so every sample lies inside
+the prior's support: no leakage, no rejection loops. Per dimension, from the support bounds ``[lo, hi]``:
+
+- unbounded: ``x = u``;
+- bounded below: ``x = lo + exp(u)`` (log transform), above: ``x = hi - exp(u)``;
+- bounded both sides: ``x = lo + (hi - lo) * sigmoid(u)`` (logit transform).
+
+Densities follow the change of variables ``log q(x) = log q(u) - log|dx/du|``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SupportTransform(nn.Module):
+    """Elementwise bijection ``R^D -> support`` for per-dimension bounds ``lo, hi`` (each ``(D,)``, may be inf)."""
+
+    def __init__(self, lo: Tensor, hi: Tensor):
+        super().__init__()
+        lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+        if lo.shape != hi.shape or lo.ndim != 1:
+            raise ValueError(f"SupportTransform: bounds must be 1-D of equal length, got {lo.shape}, {hi.shape}")
+        if not (hi > lo).all():
+            raise ValueError("SupportTransform: every upper bound must exceed its lower bound")
+        self.register_buffer("lo", lo)
+        self.register_buffer("hi", hi)
+
+    @property
+    def _kinds(self) -> tuple[Tensor, Tensor, Tensor]:
+        lo_f, hi_f = torch.isfinite(self.lo), torch.isfinite(self.hi)
+        return lo_f & hi_f, lo_f & ~hi_f, ~lo_f & hi_f  # both, lower only, upper only
+
+    def _safe(self, bound: Tensor, mask: Tensor) -> Tensor:
+        return torch.where(mask, bound, torch.zeros_like(bound))
+
+    def forward(self, u: Tensor) -> Tensor:
+        """Map unconstrained ``u`` ``(n, D)`` into the support."""
+        both, lower, upper = self._kinds
+        lo, hi = self._safe(self.lo, both | lower), self._safe(self.hi, both | upper)
+        x = u
+        x = torch.where(both, lo + (hi - lo) * torch.sigmoid(u), x)
+        x = torch.where(lower, lo + torch.exp(u), x)
+        x = torch.where(upper, hi - torch.exp(u), x)
+        return x
+
+    def inverse(self, x: Tensor) -> Tensor:
+        """Map ``x`` inside the support to ``u``; points on or outside the boundary are clipped just inside."""
+        both, lower, upper = self._kinds
+        lo, hi = self._safe(self.lo, both | lower), self._safe(self.hi, both | upper)
+        eps = 1e-6
+        width = torch.where(both, hi - lo, torch.ones_like(hi))
+        p = ((x - lo) / width).clamp(eps, 1 - eps)
+        u = x
+        u = torch.where(both, torch.log(p) - torch.log1p(-p), u)
+        u = torch.where(lower, torch.log((x - lo).clamp_min(1e-12)), u)
+        u = torch.where(upper, torch.log((hi - x).clamp_min(1e-12)), u)
+        return u
+
+    def log_abs_det(self, u: Tensor) -> Tensor:
+        """``log|det dx/du|`` at ``u``, shape ``(n,)``."""
+        both, lower, upper = self._kinds
+        width = torch.where(both, self.hi - self.lo, torch.ones_like(self.hi))
+        per_dim = torch.zeros_like(u)
+        per_dim = torch.where(both, torch.log(width) + F.logsigmoid(u) + F.logsigmoid(-u), per_dim)
+        per_dim = torch.where(lower | upper, u, per_dim)
+        return per_dim.sum(-1)
+
+    def contains(self, x: Tensor) -> Tensor:
+        """Boolean ``(n,)``: whether each row lies inside the closed support."""
+        return ((x >= self.lo) & (x <= self.hi)).all(-1)
+
+
+class Standardize(nn.Module):
+    """Affine standardisation ``(v - mean) / std`` with statistics stored as buffers (device follows the model)."""
+
+    def __init__(self, dim: int | tuple[int, ...]):
+        super().__init__()
+        shape = (dim,) if isinstance(dim, int) else tuple(dim)
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
+
+    @torch.no_grad()
+    def fit(self, data: Tensor, mask: Tensor | None = None) -> Standardize:
+        """Fit mean/std over the leading axis of ``data`` ``(n, ...)``; set rows are weighted by ``mask`` ``(n, K)``."""
+        if mask is not None:
+            w = mask.to(data.dtype).unsqueeze(-1)  # (n, K, 1)
+            count = w.sum((0, 1)).clamp_min(1)
+            mean = (data * w).sum((0, 1)) / count
+            var = (((data - mean) ** 2) * w).sum((0, 1)) / count
+        else:
+            mean, var = data.mean(0), data.var(0, unbiased=False)
+        std = var.sqrt()
+        std = torch.where(std > 1e-8 * (1 + mean.abs()), std, torch.ones_like(std))  # constant dims
+        self.mean.copy_(mean.reshape(self.mean.shape))
+        self.std.copy_(std.reshape(self.std.shape))
+        return self
+
+    def forward(self, v: Tensor) -> Tensor:
+        return (v - self.mean) / self.std
+
+    def inverse(self, v: Tensor) -> Tensor:
+        return v * self.std + self.mean
+
+    def log_abs_det(self) -> Tensor:
+        """``log|det d(standardised)/dv|`` (a scalar): ``-sum(log std)``."""
+        return -torch.log(self.std).sum()
+
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over the last axis, shape ``(n,)``."""
+    return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
