@@ -52,7 +52,7 @@ class IndependentPrior(Distribution):
         return constraints.independent(constraints.cat([m.support for m in self.marginals], dim=-1,
                                                        lengths=[1] * len(self.marginals)), 1)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
+    def sample(self, sample_shape=()) -> Tensor:
         return torch.stack([m.sample(sample_shape).to(torch.get_default_dtype()) for m in self.marginals], -1)
 
     def log_prob(self, value: Tensor) -> Tensor:
