@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from sbi_inn.flows import CouplingFlow, FlowConfig, random_orthogonal
+
+
+def _randomise(flow: torch.nn.Module, std: float = 0.3) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in flow.parameters():
+            if p.requires_grad:
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize("dim,cond_dim", [(2, 0), (5, 0), (4, 3), (7, 2)])
+def test_invertible_and_logdet_matches_autograd(dim, cond_dim):
+    flow = CouplingFlow(dim, cond_dim, FlowConfig(num_blocks=3, hidden=16, num_layers=2))
+    _randomise(flow, std=0.15)
+    flow.double()  # float64 keeps the test about the algebra (the fixed rotations were inverted in float32)
+    x = torch.randn(6, dim, dtype=torch.float64)
+    c = torch.randn(6, cond_dim, dtype=torch.float64) if cond_dim else None
+    z, logdet = flow(x, c)
+    x_back, logdet_inv = flow.inverse(z, c)
+    assert torch.allclose(x, x_back, atol=1e-5)
+    assert torch.allclose(logdet, -logdet_inv, atol=1e-5)
+    for i in range(3):
+        ci = c[i : i + 1] if c is not None else None
+        jac = torch.autograd.functional.jacobian(lambda v, ci=ci: flow(v[None], ci)[0][0], x[i])
+        assert torch.allclose(torch.slogdet(jac)[1], logdet[i], atol=1e-5)
+
+
+def test_fresh_flow_is_a_rotation_and_condition_matters_after_training_weights_change():
+    flow = CouplingFlow(4, 2, FlowConfig(num_blocks=2, hidden=8))
+    x = torch.randn(10, 4)
+    z, logdet = flow(x, torch.randn(10, 2))
+    assert torch.allclose(z.norm(dim=1), x.norm(dim=1), atol=1e-5)  # zero-initialised subnets: orthogonal only
+    assert torch.allclose(logdet, torch.zeros(10), atol=1e-5)
+    _randomise(flow)
+    c1, c2 = torch.zeros(10, 2), torch.ones(10, 2)
+    assert not torch.allclose(flow(x, c1)[0], flow(x, c2)[0])
+
+
+def test_soft_clamp_bounds_the_log_scale():
+    """Eq. 3.13: every coupling log-scale is alpha * tanh(s / alpha), so |log det| <= alpha * dim per block."""
+    alpha = 0.5
+    flow = CouplingFlow(4, 0, FlowConfig(num_blocks=1, hidden=8, clamp=alpha))
+    _randomise(flow, std=5.0)
+    _, logdet = flow(10 * torch.randn(100, 4))
+    assert logdet.abs().max() <= alpha * 4 + 1e-4
+
+
+def test_orthogonal_and_seeded():
+    q = random_orthogonal(6, torch.Generator().manual_seed(1))
+    assert torch.allclose(q @ q.T, torch.eye(6), atol=1e-5)
+    a = CouplingFlow(3, 0, FlowConfig(seed=5))
+    b = CouplingFlow(3, 0, FlowConfig(seed=5))
+    x = torch.randn(4, 3)
+    assert torch.equal(a(x)[0], b(x)[0])
+
+
+def test_permutation_mixing():
+    flow = CouplingFlow(5, 0, FlowConfig(num_blocks=2, mixing="permute"))
+    x = torch.randn(3, 5)
+    assert torch.allclose(flow.inverse(flow(x)[0])[0], x, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="dim"):
+        CouplingFlow(1)
+    with pytest.raises(ValueError, match="activation"):
+        FlowConfig(activation="nope")
+    with pytest.raises(ValueError, match="clamp"):
+        FlowConfig(clamp=0)
+    flow = CouplingFlow(3, 2, FlowConfig(num_blocks=1))
+    with pytest.raises(ValueError, match="condition"):
+        flow(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="condition"):
+        flow(torch.randn(4, 3), torch.randn(4, 5))
+    with pytest.raises(TypeError):
+        FlowConfig(num_block=3)
