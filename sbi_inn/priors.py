@@ -86,30 +86,37 @@ def as_prior(prior) -> Distribution:
 def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
     """Per-dimension lower and upper bounds of the prior's support, each ``(D,)`` (``+-inf`` where unbounded).
 
-    Works for real, positive, interval and product supports; a support it cannot read is treated as unbounded
-    after checking that prior samples are finite.
+    Reads real, positive, interval and half-interval supports, and concatenations of them (``constraints.cat``, as
+    used by :class:`IndependentPrior` and product priors such as the Normal-Inverse-Gamma); a support it cannot read
+    is treated as unbounded.
     """
     prior = as_prior(prior)
     d = prior.event_shape[0]
-    lo = torch.full((d,), -math.inf)
-    hi = torch.full((d,), math.inf)
-    if isinstance(prior, IndependentPrior):
-        for i, m in enumerate(prior.marginals):
-            lo[i], hi[i] = _scalar_bounds(m.support)
-        return lo, hi
-    support = prior.support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    l, h = _scalar_bounds(support)
-    return lo.copy_(torch.as_tensor(l).expand(d)), hi.copy_(torch.as_tensor(h).expand(d))
+    lo, hi = _constraint_bounds(prior.support, d)
+    return torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+
+
+def _constraint_bounds(c, d: int) -> tuple[list[float], list[float]]:
+    while isinstance(c, constraints.independent):
+        c = c.base_constraint
+    if isinstance(c, constraints.cat):
+        lo: list[float] = []
+        hi: list[float] = []
+        for part, length in zip(c.cseq, c.lengths):
+            l, h = _constraint_bounds(part, length)
+            lo, hi = lo + l, hi + h
+        if len(lo) == d:
+            return lo, hi
+        return [-math.inf] * d, [math.inf] * d
+    l, h = _scalar_bounds(c)
+    return ([float(v) for v in torch.as_tensor(l, dtype=torch.float64).expand(d)],
+            [float(v) for v in torch.as_tensor(h, dtype=torch.float64).expand(d)])
 
 
 def _scalar_bounds(c) -> tuple[Any, Any]:
-    while isinstance(c, constraints.independent):
-        c = c.base_constraint
     if isinstance(c, (constraints._Interval, constraints._HalfOpenInterval)):
         return c.lower_bound, c.upper_bound
-    if isinstance(c, constraints._GreaterThan) or isinstance(c, constraints._GreaterThanEq):
+    if isinstance(c, (constraints._GreaterThan, constraints._GreaterThanEq)):
         return c.lower_bound, math.inf
     if isinstance(c, constraints._LessThan):
         return -math.inf, c.upper_bound
