@@ -1,0 +1,57 @@
+"""Diagnostics for posterior estimators: calibration, re-simulation and point errors, two-sample tests, tables.
+
+Every metric is a pure function of arrays (torch tensors or numpy arrays) in the ``sample_batched`` layout:
+posterior samples ``(n, B, D)``, ground truths ``(B, D)``, observations ``(B, M)``. Arrays come back as torch
+tensors, scalars as Python floats. Plots of these numbers live in :mod:`sbi_inn.plots`.
+"""
+
+from sbi_inn.diagnostics.calibration import (
+    calibration_curve,
+    calibration_error,
+    calibration_summary,
+    coverage_indicators,
+    default_alphas,
+    expected_coverage,
+    sbc_ranks,
+    sbc_uniformity,
+)
+from sbi_inn.diagnostics.compare import compare, to_csv, to_markdown
+from sbi_inn.diagnostics.metrics import (
+    bootstrap,
+    map_error,
+    map_error_per_parameter,
+    map_resimulation_error,
+    mean_shift,
+    point_estimate,
+    posterior_contraction,
+    posterior_zscore,
+    resimulation_error,
+)
+from sbi_inn.diagnostics.two_sample import c2st, c2st_batched, mmd, mmd_batched
+
+__all__ = [
+    "bootstrap",
+    "c2st",
+    "c2st_batched",
+    "calibration_curve",
+    "calibration_error",
+    "calibration_summary",
+    "compare",
+    "coverage_indicators",
+    "default_alphas",
+    "expected_coverage",
+    "map_error",
+    "map_error_per_parameter",
+    "map_resimulation_error",
+    "mean_shift",
+    "mmd",
+    "mmd_batched",
+    "point_estimate",
+    "posterior_contraction",
+    "posterior_zscore",
+    "resimulation_error",
+    "sbc_ranks",
+    "sbc_uniformity",
+    "to_csv",
+    "to_markdown",
+]

@@ -1,0 +1,445 @@
+"""Reference posteriors to compare learned posteriors against: rejection ABC, MCMC (emcee) and exact samplers.
+
+``abc_rejection`` needs only a simulator, ``mcmc`` a log-likelihood, ``exact`` a simulator with an analytic
+posterior (``simulator.sample_posterior``). All are seeded: the same ``seed`` gives the same samples, and the
+global torch RNG is left as it was. This is the only module of ``sbi_inn`` that imports emcee.
+
+References:
+    thesis ``002_e718d3c52e134117.txt`` 4.2.2 and appendix B.4 (rejection ABC with a threshold or a quantile);
+    Foreman-Mackey et al. (2013), "emcee: the MCMC hammer" (affine-invariant ensemble sampler, autocorrelation
+    time and the 50-tau rule of thumb).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbi_inn.diagnostics.metrics import _accepts_generator, as_tensor
+from sbi_inn.priors import as_prior
+
+__all__ = ["ABCResult", "MCMCResult", "abc_rejection", "abc_rejection_batch", "mcmc", "exact", "exact_batch"]
+
+_NORM_ORDER = {"euclidean": 2.0, "manhattan": 1.0, "chebyshev": math.inf}
+_MAX_DISTANCES = 2**24
+
+
+@dataclass(frozen=True)
+class ABCResult:
+    """Outcome of rejection ABC.
+
+    Attributes:
+        samples: accepted parameters, ``(N, D)`` (``abc_rejection``) or ``(N, B, D)`` (``abc_rejection_batch``).
+        distances: their distances to the observation, ``(N,)`` or ``(N, B)``.
+        epsilon: the threshold used; in quantile mode the largest accepted distance (``(B,)`` for a batch).
+        acceptance_rate: accepted / simulated (in quantile mode ``N / num_simulations``).
+        num_simulations: simulations run.
+        wall_time: seconds.
+        scale: the per-dimension distance scale used, ``(M,)``.
+    """
+
+    samples: Tensor
+    distances: Tensor
+    epsilon: float | Tensor
+    acceptance_rate: float
+    num_simulations: int
+    wall_time: float
+    scale: Tensor
+
+
+@dataclass(frozen=True)
+class MCMCResult:
+    """Outcome of :func:`mcmc`.
+
+    Attributes:
+        samples: ``(num_samples, D)`` draws after burn-in and thinning.
+        acceptance_fraction: mean acceptance fraction of the walkers.
+        tau: integrated autocorrelation time per parameter, in steps, ``(D,)``.
+        burn_in, thin: steps discarded and thinning used.
+        num_steps: steps run by each walker.
+        num_walkers: ensemble size.
+        num_likelihood_evaluations: calls of ``log_likelihood`` summed over points (only points inside the prior
+            support are evaluated).
+        wall_time: seconds.
+    """
+
+    samples: Tensor
+    acceptance_fraction: float
+    tau: Tensor
+    burn_in: int
+    thin: int
+    num_steps: int
+    num_walkers: int
+    num_likelihood_evaluations: int
+    wall_time: float
+
+
+# -- rejection ABC ---------------------------------------------------------------------------------------------------
+def _progress(show: bool, total: int | None):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="sim")
+
+
+def _simulate_chunk(simulate: Callable, prior, size: int, seed: int, index: int, pass_generator: bool):
+    """Prior draws and simulations of chunk ``index``, seeded from ``(seed, index)``; global RNG untouched."""
+    s_prior, s_sim = (int(v) for v in np.random.SeedSequence([seed, index]).generate_state(2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s_prior)
+        x = prior.sample((size,))
+        torch.manual_seed(s_sim)            # for simulators that draw from the global RNG
+        if pass_generator:
+            y = simulate(x, generator=torch.Generator(device=x.device).manual_seed(s_sim))
+        else:
+            y = simulate(x)
+    if isinstance(y, tuple):
+        raise TypeError("simulate returned a tuple (a set-valued simulator?); ABC needs simulate(x) -> y (N, M)")
+    y = torch.as_tensor(y if isinstance(y, Tensor) else np.asarray(y))
+    if y.ndim != 2 or y.shape[0] != size:
+        raise ValueError(f"simulate must map (N, D) to (N, M); for {size} prior draws it returned shape "
+                         f"{tuple(y.shape)}")
+    return x, y.to(x.device, torch.get_default_dtype() if not torch.is_floating_point(y) else y.dtype)
+
+
+def _resolve_scale(scale, y_pilot: Tensor) -> Tensor:
+    m = y_pilot.shape[1]
+    if scale is None:
+        return torch.ones(m, dtype=y_pilot.dtype, device=y_pilot.device)
+    if isinstance(scale, str):
+        if scale != "mad":
+            raise ValueError(f"scale must be None, 'mad' or a tensor (M,), got {scale!r}")
+        finite = y_pilot[torch.isfinite(y_pilot).all(1)]
+        if len(finite) < 2:
+            raise ValueError("scale='mad' needs finite simulations in the first chunk")
+        mad = (finite - finite.median(0).values).abs().median(0).values
+        return torch.where(mad > 0, mad, torch.ones_like(mad))
+    s = as_tensor(scale, "scale", (1,), "(M,)").to(device=y_pilot.device, dtype=y_pilot.dtype)
+    if s.shape != (m,) or not (s > 0).all():
+        raise ValueError(f"scale must be positive with shape (M,) = ({m},), got {s.tolist()}")
+    return s
+
+
+def _distances(y_sim: Tensor, y_obs: Tensor, scale: Tensor, distance) -> Tensor:
+    """Distances ``(N, B)`` between simulations ``(N, M)`` and observations ``(B, M)``; NaN becomes inf."""
+    a, b = y_sim / scale, y_obs / scale
+    if callable(distance):
+        d = torch.stack([torch.as_tensor(distance(a, b[i])).reshape(-1) for i in range(len(b))], 1)
+    else:
+        d = torch.cdist(a[None].double(), b[None].double(), p=_NORM_ORDER[distance])[0]
+    return torch.nan_to_num(d.to(y_sim.dtype), nan=math.inf)
+
+
+def _check_abc_args(simulate, prior, y_obs, num_samples, distance, chunk_size):
+    if not callable(simulate):
+        raise TypeError(f"simulate must be callable, got {type(simulate).__name__}")
+    prior = as_prior(prior)
+    y = as_tensor(y_obs, "y_obs", (1, 2), "(M,) or (B, M)")
+    if y.ndim == 1:
+        y = y[None]
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not callable(distance) and distance not in _NORM_ORDER:
+        raise ValueError(f"distance must be one of {sorted(_NORM_ORDER)} or a callable, got {distance!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return prior, y
+
+
+def abc_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, epsilon: float | None = None,
+                  quantile: float | None = None, distance: str | Callable = "euclidean", scale=None,
+                  chunk_size: int = 100_000, max_simulations: int = 10**8, seed: int = 0,
+                  show_progress: bool = False) -> ABCResult:
+    """Rejection ABC for one observation, with a distance threshold or an acceptance quantile (thesis B.4).
+
+    Threshold mode (``epsilon``): draw ``x`` from the prior, simulate, keep ``x`` where
+    ``dist(y, y_obs) < epsilon``, chunk after chunk, until ``num_samples`` are accepted (the first ones in
+    simulation order are returned). Quantile mode (``quantile = q``): run exactly ``round(num_samples / q)``
+    simulations and keep the ``num_samples`` closest, sorted by distance, with a running top-N so memory stays
+    bounded by ``num_samples + chunk_size``.
+
+    Args:
+        simulate: ``simulate(x (N, D)) -> y (N, M)``; gets a seeded ``generator=`` if its signature has one.
+        prior: a ``torch.distributions.Distribution`` with event shape ``(D,)`` (or a list of 1-D ones).
+        y_obs: the observation ``(M,)``.
+        num_samples: ``N``, samples to return.
+        epsilon: acceptance threshold (exactly one of ``epsilon`` and ``quantile``).
+        quantile: accepted fraction ``q`` in (0, 1].
+        distance: ``"euclidean"``, ``"manhattan"``, ``"chebyshev"``, or ``distance(y (N, M), y_obs (M,)) -> (N,)``
+            (applied after scaling).
+        scale: per-dimension divisor of ``y - y_obs``: ``None`` (none), ``"mad"`` (median absolute deviation of
+            the first chunk's simulations) or a tensor ``(M,)``.
+        chunk_size: simulations per call of ``simulate``.
+        max_simulations: threshold mode raises a RuntimeError when this many simulations did not yield ``N``.
+        seed: seeds chunk ``i``'s prior draws and simulation noise from ``(seed, i)``.
+        show_progress: tqdm progress bar.
+
+    Returns:
+        :class:`ABCResult` with ``samples (N, D)`` and ``distances (N,)``. Simulations with NaN outputs are never
+        accepted.
+
+    Example:
+        >>> import torch
+        >>> prior = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(1), 1.0), 1)
+        >>> res = abc_rejection(lambda x: x, prior, torch.tensor([0.5]), 100, quantile=0.1, chunk_size=300)
+        >>> res.samples.shape, res.num_simulations
+        (torch.Size([100, 1]), 1000)
+    """
+    if (epsilon is None) == (quantile is None):
+        raise ValueError("give exactly one of epsilon (threshold mode) and quantile (quantile mode)")
+    prior, y = _check_abc_args(simulate, prior, y_obs, num_samples, distance, chunk_size)
+    if y.shape[0] != 1:
+        raise ValueError(f"abc_rejection takes one observation (M,), got shape {tuple(y.shape)}; "
+                         "use abc_rejection_batch for several")
+    if quantile is not None:
+        res = abc_rejection_batch(simulate, prior, y, num_samples, quantile=quantile, distance=distance,
+                                  scale=scale, chunk_size=chunk_size, seed=seed, show_progress=show_progress)
+        return ABCResult(res.samples[:, 0], res.distances[:, 0], float(res.epsilon[0]), res.acceptance_rate,
+                         res.num_simulations, res.wall_time, res.scale)
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
+
+    start_time = time.perf_counter()
+    pass_generator = _accepts_generator(simulate)
+    bar = _progress(show_progress, None)
+    xs, ds, scale_t = [], [], None
+    num_accepted = num_sims = index = 0
+    try:
+        while num_accepted < num_samples:
+            if num_sims >= max_simulations:
+                rate = num_accepted / max(num_sims, 1)
+                need = f"about {num_samples / rate:.3g}" if rate > 0 else "far more"
+                raise RuntimeError(
+                    f"abc_rejection: only {num_accepted} of {num_samples} samples accepted after {num_sims} "
+                    f"simulations (max_simulations) with epsilon={epsilon}; acceptance rate so far {rate:.3g}, "
+                    f"so {need} simulations are needed. Raise max_simulations or epsilon, or use quantile=")
+            size = min(chunk_size, max_simulations - num_sims)
+            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator)
+            if y_sim.shape[1] != y.shape[1]:
+                raise ValueError(f"simulate returns observations of dimension {y_sim.shape[1]}, y_obs has "
+                                 f"{y.shape[1]}")
+            if scale_t is None:
+                scale_t = _resolve_scale(scale, y_sim)
+            d = _distances(y_sim, y.to(y_sim), scale_t, distance)[:, 0]
+            keep = d < epsilon
+            xs.append(x[keep])
+            ds.append(d[keep])
+            num_accepted += int(keep.sum())
+            num_sims += size
+            index += 1
+            if bar is not None:
+                bar.update(size)
+                bar.set_postfix(accepted=num_accepted)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ABCResult(torch.cat(xs)[:num_samples], torch.cat(ds)[:num_samples], float(epsilon),
+                     num_accepted / num_sims, num_sims, time.perf_counter() - start_time, scale_t)
+
+
+def abc_rejection_batch(simulate: Callable, prior, y_obs, num_samples: int, *, quantile: float,
+                        distance: str | Callable = "euclidean", scale=None, chunk_size: int = 100_000,
+                        seed: int = 0, show_progress: bool = False) -> ABCResult:
+    """Quantile-mode rejection ABC for ``B`` observations sharing one set of ``round(N / q)`` simulations.
+
+    Each observation keeps its own ``N`` closest simulations (sorted by distance), as in the thesis' tissue
+    experiment (4.2.3: 256 closest of 50 000 for every test observation). Arguments as in
+    :func:`abc_rejection`, with ``y_obs`` of shape ``(B, M)``.
+
+    Returns:
+        :class:`ABCResult` with ``samples (N, B, D)`` (the ``sample_batched`` layout), ``distances (N, B)`` and
+        ``epsilon (B,)`` (each observation's largest accepted distance).
+    """
+    prior, y = _check_abc_args(simulate, prior, y_obs, num_samples, distance, chunk_size)
+    if not (quantile is not None and 0 < quantile <= 1):
+        raise ValueError(f"quantile must be in (0, 1], got {quantile!r}")
+    total = int(round(num_samples / quantile))
+    if total < num_samples:
+        raise ValueError(f"num_samples / quantile = {total} simulations is fewer than num_samples = {num_samples}")
+    start_time = time.perf_counter()
+    pass_generator = _accepts_generator(simulate)
+    b = y.shape[0]
+    step = max(1, min(chunk_size, _MAX_DISTANCES // b))
+    bar = _progress(show_progress, total)
+    best_x = best_d = scale_t = None
+    try:
+        for index, start in enumerate(range(0, total, step)):
+            size = min(step, total - start)
+            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator)
+            if y_sim.shape[1] != y.shape[1]:
+                raise ValueError(f"simulate returns observations of dimension {y_sim.shape[1]}, y_obs has "
+                                 f"{y.shape[1]}")
+            if scale_t is None:
+                scale_t = _resolve_scale(scale, y_sim)
+            d = _distances(y_sim, y.to(y_sim), scale_t, distance)                    # (size, B)
+            if best_d is None:
+                k = min(num_samples, size)
+                best_d, idx = d.topk(k, dim=0, largest=False, sorted=True)
+                best_x = x[idx]                                                     # (k, B, D)
+            else:
+                k0 = best_d.shape[0]
+                cand = torch.cat([best_d, d])
+                best_d, idx = cand.topk(min(num_samples, len(cand)), dim=0, largest=False, sorted=True)
+                old = best_x.gather(0, idx.clamp(max=k0 - 1)[..., None].expand(-1, -1, x.shape[1]))
+                new = x[(idx - k0).clamp(min=0)]
+                best_x = torch.where((idx < k0)[..., None], old, new)
+            if bar is not None:
+                bar.update(size)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ABCResult(best_x, best_d, best_d[-1].clone(), num_samples / total, total,
+                     time.perf_counter() - start_time, scale_t)
+
+
+# -- MCMC with emcee -------------------------------------------------------------------------------------------------
+def _in_support(prior, x: Tensor) -> Tensor:
+    try:
+        ok = prior.support.check(x)
+    except NotImplementedError:
+        return torch.ones(len(x), dtype=torch.bool)
+    while ok.ndim > 1:
+        ok = ok.all(-1)
+    return ok & torch.isfinite(x).all(-1)
+
+
+def mcmc(log_likelihood: Callable, prior, y_obs, num_samples: int, *, num_walkers: int | None = None,
+         burn_in: int | None = None, thin: int | None = None, seed: int = 0, max_steps: int = 100_000,
+         initial=None, show_progress: bool = False) -> MCMCResult:
+    """Posterior samples by emcee's affine-invariant ensemble sampler on ``log p(x) + log p(y_obs | x)``.
+
+    ``log_likelihood(y, x)`` is evaluated on all walkers at once (``y`` is ``y_obs`` repeated to ``(n, M)``, ``x``
+    is ``(n, D)``, result ``(n,)``); points outside the prior's support get ``-inf`` without calling it. Walkers
+    start at seeded prior draws. Unless given, burn-in is ``5 tau`` and thinning ``tau / 2`` with ``tau`` the
+    largest integrated autocorrelation time; the chain is extended in blocks until it is at least ``50 tau`` long
+    and yields ``num_samples`` thinned draws, or until ``max_steps`` (then a warning is issued).
+
+    Args:
+        log_likelihood: ``log_likelihood(y (n, M), x (n, D)) -> (n,)``, e.g. ``simulator.log_likelihood``.
+        prior: a ``torch.distributions.Distribution`` with event shape ``(D,)`` (or a list of 1-D ones).
+        y_obs: the observation ``(M,)``.
+        num_samples: draws to return (the last ones of the thinned chain).
+        num_walkers: ensemble size (default ``max(32, 4 D)``, even).
+        burn_in, thin: fixed values instead of the autocorrelation-based ones.
+        seed: seeds the initial walkers and emcee's random state; equal seeds give identical samples.
+        max_steps: cap on steps per walker.
+        initial: starting positions ``(num_walkers, D)`` instead of prior draws.
+        show_progress: emcee's progress bar.
+
+    Returns:
+        :class:`MCMCResult`.
+
+    References:
+        Foreman-Mackey et al. (2013); emcee documentation "Autocorrelation analysis & convergence".
+    """
+    import emcee
+
+    prior = as_prior(prior)
+    d = prior.event_shape[0]
+    if not (isinstance(num_samples, int) and num_samples >= 1):
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    y = torch.as_tensor(y_obs)
+    if y.ndim >= 2 and y.shape[0] == 1:
+        y = y[0]
+    if not torch.isfinite(y).all():
+        raise ValueError("y_obs contains NaN or inf")
+    w = num_walkers if num_walkers is not None else max(32, 4 * d)
+    w += w % 2
+    if w < 2 * d:
+        raise ValueError(f"num_walkers must be at least 2 D = {2 * d}, got {w}")
+    for name, v in (("burn_in", burn_in), ("thin", thin)):
+        if v is not None and not (isinstance(v, int) and v >= (0 if name == "burn_in" else 1)):
+            raise ValueError(f"{name} must be a {'non-negative' if name == 'burn_in' else 'positive'} int, got {v!r}")
+
+    if initial is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x0 = prior.sample((w,))
+    else:
+        x0 = as_tensor(initial, "initial", (2,), "(num_walkers, D)")
+        if x0.shape != (w, d):
+            raise ValueError(f"initial must have shape (num_walkers, D) = ({w}, {d}), got {tuple(x0.shape)}")
+    dtype = x0.dtype if torch.is_floating_point(x0) else torch.get_default_dtype()
+    y = y.to(dtype)
+    evaluations = 0
+
+    def log_prob(theta: np.ndarray) -> np.ndarray:
+        nonlocal evaluations
+        x = torch.as_tensor(theta, dtype=dtype)
+        out = torch.full((len(x),), -math.inf, dtype=torch.float64)
+        inside = _in_support(prior, x)
+        if inside.any():
+            xi = x[inside]
+            with torch.no_grad():
+                lp = prior.log_prob(xi) + log_likelihood(y[None].expand(len(xi), *y.shape), xi)
+            out[inside] = torch.nan_to_num(torch.as_tensor(lp).double().reshape(-1), nan=-math.inf)
+            evaluations += len(xi)
+        return out.numpy()
+
+    start_time = time.perf_counter()
+    sampler = emcee.EnsembleSampler(w, d, log_prob, vectorize=True)
+    sampler.random_state = np.random.RandomState(seed).get_state()
+    per_walker = math.ceil(num_samples / w)
+    state = x0.double().cpu().numpy()
+
+    def plan(steps: int) -> tuple[int, int, float]:
+        tau = float(np.max(sampler.get_autocorr_time(tol=0, discard=steps // 4)))
+        tau = tau if math.isfinite(tau) and tau > 0 else 1.0
+        b = burn_in if burn_in is not None else math.ceil(5 * tau)
+        t = thin if thin is not None else max(1, int(tau / 2))
+        return b, t, tau
+
+    if burn_in is not None and thin is not None:
+        steps = min(max_steps, burn_in + thin * per_walker)
+        sampler.run_mcmc(state, steps, progress=show_progress)
+        b, t = burn_in, thin
+        _, _, tau = plan(steps)
+    else:
+        steps = 0
+        block = min(max_steps, max(500, (burn_in or 0) + (thin or 1) * per_walker))
+        while True:
+            state = sampler.run_mcmc(state, block, progress=show_progress)
+            steps += block
+            b, t, tau = plan(steps)
+            target = max(b + t * per_walker, math.ceil(50 * tau))
+            if steps >= target or steps >= max_steps:
+                break
+            block = min(max_steps - steps, max(100, math.ceil(1.2 * target) - steps))
+    if steps < 50 * tau:
+        warnings.warn(f"mcmc: chain of {steps} steps is shorter than 50 autocorrelation times (tau = {tau:.1f}); "
+                      "the samples may be unreliable, raise max_steps", RuntimeWarning, stacklevel=2)
+    if (steps - b) // t < per_walker:
+        t_new = max(1, (steps - b) // per_walker) if steps > b else 1
+        if steps - b < per_walker:
+            raise RuntimeError(f"mcmc: {steps} steps after burn-in {b} cannot give {num_samples} samples with "
+                               f"{w} walkers; raise max_steps")
+        warnings.warn(f"mcmc: thinning reduced from {t} to {t_new} to return {num_samples} samples within "
+                      f"max_steps", RuntimeWarning, stacklevel=2)
+        t = t_new
+    chain = sampler.get_chain(discard=b, thin=t, flat=True)
+    samples = torch.as_tensor(chain[-num_samples:], dtype=dtype)
+    tau_all = torch.as_tensor(sampler.get_autocorr_time(tol=0, discard=min(b, steps // 2)), dtype=torch.float64)
+    return MCMCResult(samples, float(np.mean(sampler.acceptance_fraction)), tau_all, b, t, steps, w, evaluations,
+                      time.perf_counter() - start_time)
+
+
+# -- exact posteriors ------------------------------------------------------------------------------------------------
+def exact(simulator, y_obs, num_samples: int, seed: int = 0) -> Tensor:
+    """``num_samples`` exact posterior draws ``(N, D)`` from ``simulator.sample_posterior`` for one observation."""
+    return exact_batch(simulator, torch.as_tensor(y_obs)[None], num_samples, seed)[:, 0]
+
+
+def exact_batch(simulator, y_obs, num_samples: int, seed: int = 0) -> Tensor:
+    """Exact posterior draws for ``B`` observations ``(B, M)``, in the ``sample_batched`` layout ``(N, B, D)``."""
+    y = as_tensor(y_obs, "y_obs", (2,), "(B, M)")
+    gen = torch.Generator().manual_seed(seed)
+    out = [simulator.sample_posterior(y[i], num_samples, generator=gen) for i in range(y.shape[0])]
+    return torch.stack(out, 1)

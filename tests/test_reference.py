@@ -1,0 +1,196 @@
+"""Reference posteriors against the exact conjugate Normal posterior: rejection ABC, emcee MCMC, exact samplers."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from sbi_inn import reference
+from simulators.gaussian_mixture import GaussianMixture
+
+NOISE = 0.5
+PRIOR_1D = Independent(Normal(torch.zeros(1), torch.ones(1)), 1)
+
+
+def simulate(x, generator=None):
+    """y = x + N(0, s^2) noise; draws from ``generator`` like the package's simulators."""
+    return x + NOISE * torch.randn(x.shape, generator=generator)
+
+
+def exact_moments(y: float) -> tuple[float, float]:
+    return y / (1 + NOISE**2), math.sqrt(NOISE**2 / (1 + NOISE**2))
+
+
+# -- rejection ABC ---------------------------------------------------------------------------------------------------
+def test_abc_threshold_converges_to_the_exact_posterior_as_epsilon_shrinks():
+    y_obs = torch.tensor([0.8])
+    mean, std = exact_moments(0.8)
+    errors = []
+    for eps in (1.0, 0.3, 0.05):
+        res = reference.abc_rejection(simulate, PRIOR_1D, y_obs, 2000, epsilon=eps, chunk_size=50_000, seed=0)
+        assert res.samples.shape == (2000, 1) and res.distances.shape == (2000,)
+        assert (res.distances < eps).all() and res.epsilon == eps
+        assert res.num_simulations % 50_000 == 0 and 0 < res.acceptance_rate < 1
+        errors.append(abs(float(res.samples.mean()) - mean) + abs(float(res.samples.std()) - std))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.04
+
+
+def test_abc_quantile_runs_exactly_n_over_q_simulations_and_keeps_the_closest():
+    calls = []
+
+    def counting(x, generator=None):
+        calls.append(len(x))
+        return simulate(x, generator)
+
+    res = reference.abc_rejection(counting, PRIOR_1D, torch.tensor([0.8]), 200, quantile=0.01, chunk_size=3000)
+    assert res.num_simulations == 20_000 and sum(calls) == 20_000 and max(calls) == 3000
+    assert res.acceptance_rate == pytest.approx(0.01)
+    assert res.samples.shape == (200, 1)
+    assert torch.all(res.distances[1:] >= res.distances[:-1]) and res.epsilon == float(res.distances[-1])
+    mean, std = exact_moments(0.8)
+    assert abs(float(res.samples.mean()) - mean) < 0.1 and abs(float(res.samples.std()) - std) < 0.1
+
+
+def test_abc_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = reference.abc_rejection(simulate, PRIOR_1D, torch.tensor([0.3]), 50, quantile=0.05, chunk_size=400, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = reference.abc_rejection(simulate, PRIOR_1D, torch.tensor([0.3]), 50, quantile=0.05, chunk_size=400, seed=7)
+    c = reference.abc_rejection(simulate, PRIOR_1D, torch.tensor([0.3]), 50, quantile=0.05, chunk_size=400, seed=8)
+    assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
+
+
+def test_abc_batch_matches_single_observation_runs():
+    y_obs = torch.tensor([[-1.0], [0.0], [1.5]])
+    batch = reference.abc_rejection_batch(simulate, PRIOR_1D, y_obs, 40, quantile=0.02, chunk_size=700, seed=3)
+    assert batch.samples.shape == (40, 3, 1) and batch.distances.shape == (40, 3) and batch.epsilon.shape == (3,)
+    assert batch.num_simulations == 2000
+    for i in range(3):
+        single = reference.abc_rejection(simulate, PRIOR_1D, y_obs[i], 40, quantile=0.02, chunk_size=700, seed=3)
+        torch.testing.assert_close(batch.samples[:, i], single.samples)
+        torch.testing.assert_close(batch.distances[:, i], single.distances)
+    # the kept samples are the closest simulations: each observation's posterior mean moves with it
+    means = batch.samples.mean(0)[:, 0]
+    assert means[0] < means[1] < means[2]
+
+
+def test_abc_distance_options_and_scaling():
+    prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+    scale_sim = lambda x: x * torch.tensor([1.0, 100.0])    # noqa: E731
+    y = torch.tensor([0.5, 50.0])
+    for distance in ("euclidean", "manhattan", "chebyshev", lambda a, b: (a - b).abs().sum(-1)):
+        res = reference.abc_rejection(scale_sim, prior, y, 30, quantile=0.01, distance=distance, scale="mad",
+                                      chunk_size=1000)
+        # with MAD scaling both parameters are constrained equally
+        assert (res.samples - torch.tensor([0.5, 0.5])).abs().max() < 0.5
+        assert res.scale.shape == (2,) and res.scale[1] > 50 * res.scale[0]
+    fixed = reference.abc_rejection(scale_sim, prior, y, 10, quantile=0.01, scale=torch.tensor([1.0, 100.0]))
+    torch.testing.assert_close(fixed.scale, torch.tensor([1.0, 100.0]))
+
+
+def test_abc_errors():
+    y = torch.tensor([0.0])
+    with pytest.raises(RuntimeError, match="acceptance rate so far"):
+        reference.abc_rejection(simulate, PRIOR_1D, y, 10, epsilon=1e-6, chunk_size=500, max_simulations=1000)
+    with pytest.raises(ValueError, match="exactly one of epsilon"):
+        reference.abc_rejection(simulate, PRIOR_1D, y, 10)
+    with pytest.raises(ValueError, match="exactly one of epsilon"):
+        reference.abc_rejection(simulate, PRIOR_1D, y, 10, epsilon=0.1, quantile=0.1)
+    with pytest.raises(ValueError, match="quantile must be in"):
+        reference.abc_rejection(simulate, PRIOR_1D, y, 10, quantile=1.5)
+    with pytest.raises(ValueError, match="y_obs contains NaN"):
+        reference.abc_rejection(simulate, PRIOR_1D, torch.tensor([math.nan]), 10, quantile=0.1)
+    with pytest.raises(ValueError, match="dimension 1, y_obs has 2"):
+        reference.abc_rejection(simulate, PRIOR_1D, torch.zeros(2), 10, quantile=0.1)
+    with pytest.raises(ValueError, match="abc_rejection_batch"):
+        reference.abc_rejection(simulate, PRIOR_1D, torch.zeros(3, 1), 10, quantile=0.1)
+
+
+def test_abc_never_accepts_nan_simulations():
+    def broken(x):
+        y = x.clone()
+        y[::2] = math.nan
+        return y
+
+    res = reference.abc_rejection(broken, PRIOR_1D, torch.tensor([0.0]), 20, quantile=0.1, chunk_size=100)
+    assert torch.isfinite(res.distances).all()
+
+
+# -- MCMC ------------------------------------------------------------------------------------------------------------
+A = torch.tensor([1.0, 1.0])
+PRIOR_2D = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+
+
+def linear_log_likelihood(y, x):
+    """y = x1 + x2 + N(0, s^2): a correlated Gaussian posterior under a N(0, I) prior."""
+    return Normal((x * A).sum(-1, keepdim=True), NOISE).log_prob(y).sum(-1)
+
+
+def test_mcmc_recovers_gaussian_posterior_mean_and_covariance():
+    y_obs = torch.tensor([1.2])
+    cov = torch.linalg.inv(torch.eye(2) + torch.outer(A, A) / NOISE**2)
+    mean = cov @ A * y_obs / NOISE**2
+    res = reference.mcmc(linear_log_likelihood, PRIOR_2D, y_obs, 4000, seed=1)
+    assert res.samples.shape == (4000, 2)
+    torch.testing.assert_close(res.samples.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(res.samples.T), cov, atol=0.05, rtol=0)
+    assert 0.2 < res.acceptance_fraction < 0.9
+    assert res.tau.shape == (2,) and res.num_steps >= 50 * float(res.tau.max()) * 0.9
+    assert res.burn_in >= 1 and res.thin >= 1 and res.num_likelihood_evaluations >= res.num_steps * res.num_walkers
+
+
+@pytest.mark.filterwarnings("ignore:mcmc. chain of:RuntimeWarning")
+def test_mcmc_same_seed_same_samples():
+    y_obs = torch.tensor([0.4])
+    kwargs = dict(num_walkers=16, burn_in=50, thin=2, seed=5)
+    a = reference.mcmc(linear_log_likelihood, PRIOR_2D, y_obs, 200, **kwargs)
+    b = reference.mcmc(linear_log_likelihood, PRIOR_2D, y_obs, 200, **kwargs)
+    c = reference.mcmc(linear_log_likelihood, PRIOR_2D, y_obs, 200, **{**kwargs, "seed": 6})
+    assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
+    assert a.num_steps == 50 + 2 * math.ceil(200 / 16)
+
+
+def test_mcmc_respects_bounded_support_and_warns_on_short_chains():
+    from sbi_inn.priors import BoxUniform
+
+    prior = BoxUniform(torch.zeros(2), torch.ones(2))
+    calls = []
+
+    def loglik(y, x):
+        calls.append(x)
+        return -0.5 * ((x - y) ** 2).sum(-1) / 0.3**2
+
+    with pytest.warns(RuntimeWarning, match="shorter than 50 autocorrelation times"):
+        res = reference.mcmc(loglik, prior, torch.tensor([0.9, 0.9]), 100, num_walkers=8, burn_in=10, thin=1)
+    assert ((res.samples >= 0) & (res.samples <= 1)).all()
+    evaluated = torch.cat(calls)
+    assert ((evaluated >= 0) & (evaluated <= 1)).all()        # never evaluated outside the support
+
+
+def test_mcmc_bad_arguments():
+    with pytest.raises(ValueError, match="num_walkers must be at least"):
+        reference.mcmc(linear_log_likelihood, PRIOR_2D, torch.tensor([0.0]), 10, num_walkers=2)
+    with pytest.raises(ValueError, match="initial must have shape"):
+        reference.mcmc(linear_log_likelihood, PRIOR_2D, torch.tensor([0.0]), 10, num_walkers=8,
+                       initial=torch.zeros(4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="burn_in must be"):
+            reference.mcmc(linear_log_likelihood, PRIOR_2D, torch.tensor([0.0]), 10, burn_in=-1)
+
+
+# -- exact -----------------------------------------------------------------------------------------------------------
+def test_exact_uses_the_simulators_posterior():
+    sim = GaussianMixture()
+    y = torch.eye(4)
+    one = reference.exact(sim, y[3], 100, seed=0)
+    assert one.shape == (100, 2)
+    torch.testing.assert_close(one, reference.exact(sim, y[3], 100, seed=0))
+    batch = reference.exact_batch(sim, y, 50, seed=1)
+    assert batch.shape == (50, 4, 2)
+    # label 3 is the last component alone: all samples near its mean
+    assert (one - sim.means[7]).norm(dim=-1).max() < 1.5
