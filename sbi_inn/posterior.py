@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
+from sbi_inn.meanshift import mean_shift
 
 FORMAT_NAME = "sbi_inn.posterior"
 FORMAT_VERSION = 1
@@ -229,13 +230,13 @@ class Posterior(nn.Module):
     def map(self, y, *, sizes=None, num_samples: int = 4096, method: str = "meanshift", seed: int = 0) -> Tensor:
         """Maximum-a-posteriori estimate ``(D,)`` for one observation.
 
-        ``method="meanshift"`` (thesis 4.2.3) runs Gaussian mean-shift from the samples (standardised, Scott
-        bandwidth) and returns the mode reached by most samples; ``"gradient"`` starts from the 32 samples of highest
-        ``log_prob`` and follows its gradient (models with a density only).
+        ``method="meanshift"`` (thesis 4.2.3) runs Gaussian mean shift on the samples (standardised, Scott
+        bandwidth) and returns the reached mode of highest kernel density; ``"gradient"`` starts from the 32
+        samples of highest ``log_prob`` and follows its gradient (models with a density only).
         """
         samples = self.sample((num_samples,), y, sizes=sizes, seed=seed)
         if method == "meanshift":
-            return mean_shift_mode(samples)
+            return mean_shift(samples[:, None])[0]
         if method != "gradient":
             raise ValueError(f"method must be 'meanshift' or 'gradient', got {method!r}")
         logp = self.log_prob(samples, y, sizes=sizes)
@@ -327,28 +328,3 @@ def load_posterior(path: str | Path, device: str | torch.device = "auto") -> Pos
     posterior = Posterior(model, param_names=header["param_names"], obs_shape=header["obs_shape"],
                           is_set_valued=header["is_set_valued"], metadata=header.get("metadata"))
     return posterior.to(resolve_device(device))
-
-
-def mean_shift_mode(samples: Tensor, *, max_iter: int = 100, tol: float = 1e-5) -> Tensor:
-    """Mode of a sample cloud ``(n, D)`` by Gaussian mean-shift (thesis 4.2.3), returned as ``(D,)``.
-
-    Runs on standardised samples with Scott's bandwidth, from up to 256 starting points, and returns the converged
-    point with the highest kernel density.
-    """
-    if samples.ndim != 2 or samples.shape[0] < 2:
-        raise ValueError(f"mean_shift_mode: need samples (n >= 2, D), got {tuple(samples.shape)}")
-    mean, std = samples.mean(0), samples.std(0).clamp_min(1e-12)
-    s = (samples - mean) / std
-    n, d = s.shape
-    h = n ** (-1.0 / (d + 4))  # Scott's rule on unit-variance data
-    gen = torch.Generator(device=s.device).manual_seed(0)
-    pts = s[torch.randperm(n, generator=gen, device=s.device)[:256]].clone()
-    for _ in range(max_iter):
-        w = torch.softmax(-0.5 * torch.cdist(pts, s) ** 2 / h**2, dim=1)  # (m, n)
-        new = w @ s
-        shift = (new - pts).norm(dim=1).max()
-        pts = new
-        if shift < tol:
-            break
-    density = torch.logsumexp(-0.5 * torch.cdist(pts, s) ** 2 / h**2, dim=1)
-    return pts[density.argmax()] * std + mean
