@@ -3,18 +3,27 @@
 Each subcommand is two functions: ``_add_<name>(subcommands)`` declares its arguments and sets ``func`` to
 ``_run_<name>(args) -> int``. To add one, write both and append the ``_add_`` function to :data:`SUBCOMMANDS`.
 Errors caused by bad input (``ValueError``, ``TypeError``, ``KeyError``, missing files) end the program with exit
-code 2 and one line on stderr; an interrupted ``simulate`` exits with 130 and can be resumed by re-running it.
+code 2 and one line on stderr; an interrupted ``simulate`` (or ``train`` with ``--checkpoint-dir``) exits with 130
+and resumes when the same command is run again.
+
+The commands follow the data flow: ``list`` and ``simulate`` (simulators -> HDF5), ``info`` (describe a file),
+``train`` (HDF5 -> posterior file), ``sample`` (posterior + observations -> samples as .npy/.h5/.csv) and
+``diagnose`` (posterior + test simulations -> metrics, tables and plots).
 
 Example:
     >>> main(["list"])  # doctest: +SKIP
+    >>> main(["train", "ik.h5", "-o", "ik.sbi", "--minutes", "5"])  # doctest: +SKIP
+    >>> main(["sample", "ik.sbi", "--obs", "y.csv", "-n", "1000", "-o", "samples.h5"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sbi_inn._version import __version__
 
@@ -145,8 +154,529 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- shared helpers of train / sample / diagnose -------------------------------------------------------------------
+_SAMPLE_SUFFIXES = (".npy", ".h5", ".hdf5", ".csv")
+
+
+def _positive(kind: type) -> Callable:
+    """An argparse ``type`` accepting numbers of ``kind`` greater than zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run: auto uses CUDA when available (default: auto)")
+
+
+def _add_threads(p) -> None:
+    p.add_argument("--threads", type=_positive(int), metavar="T",
+                   help="torch CPU threads (default: torch's choice; 1 is often faster for small models on a busy "
+                        "machine)")
+
+
+@contextlib.contextmanager
+def _torch_threads(num: int | None):
+    """Run with ``num`` torch intra-op threads (unchanged when ``None``), restoring the previous number."""
+    if num is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available here; use --device cpu")
+    from sbi_inn.posterior import resolve_device
+
+    return resolve_device(name)
+
+
+def _load_model(path: str, device: str):
+    from sbi_inn.posterior import load_posterior
+
+    return load_posterior(path, device=_device(device))
+
+
+def _select_rows(num_rows: int, spec: str | None) -> range:
+    """Rows of ``range(num_rows)`` picked by ``--rows`` (``A:B``, ``A:``, ``:B`` or one index ``A``)."""
+    rows = range(num_rows)
+    if spec is None:
+        return rows
+    start, sep, stop = spec.partition(":")
+    try:
+        a = int(start) if start.strip() else None
+        b = int(stop) if stop.strip() else None
+    except ValueError:
+        raise ValueError(f"--rows expects A:B, A:, :B or a single row index, got {spec!r}") from None
+    if not sep:
+        if a is None:
+            raise ValueError(f"--rows expects A:B, A:, :B or a single row index, got {spec!r}")
+        picked = rows[a:a + 1] if a >= 0 else rows[a:][:1]
+    else:
+        picked = rows[a:b]
+    if len(picked) == 0:
+        raise ValueError(f"--rows {spec} selects none of the {num_rows} available rows")
+    return picked
+
+
+def _read_hdf5_rows(path: str, split: str, rows: str | None):
+    """``(x (B, D), y (B, M) or (B, K, M), sizes (B,) or None, metadata)`` of the chosen rows of a simulation file."""
+    from sbi_inn.data import HDF5Dataset
+
+    ds = HDF5Dataset(path, split)
+    if len(ds) == 0:
+        raise ValueError(f"{path}: split {split!r} holds no rows")
+    batch = ds.get_batch(list(_select_rows(len(ds), rows)))
+    ds.close()
+    sizes = batch[2].sum(-1) if len(batch) > 2 else None
+    return batch[0], batch[1], sizes, ds.metadata
+
+
+def _read_observations(path: str, posterior, split: str, rows: str | None):
+    """Observations for ``posterior`` from an HDF5 simulation file, a ``.npy`` or a ``.csv`` file.
+
+    Returns ``(Y, sizes)``: ``Y`` ``(B, *obs_shape)`` (sets ``(B, K, M)`` with ``sizes`` ``(B,)``).
+    """
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--obs: no such file: {path!r}")
+    suffix = p.suffix.lower()
+    sizes = None
+    if suffix in (".h5", ".hdf5"):
+        _, y, sizes, _ = _read_hdf5_rows(path, split, rows)
+    else:
+        if split != "all":
+            raise ValueError(f"--split applies to HDF5 observation files, not {suffix or 'suffix-less'} files")
+        if suffix == ".npy":
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise ValueError(f"--obs {path}: not a readable .npy array ({err})") from None
+        elif suffix == ".csv":
+            if posterior.is_set_valued:
+                raise ValueError("a CSV file holds one vector per row; give the sets of a set-valued model as "
+                                 ".npy (B, K, M) with NaN rows as padding, or as an HDF5 simulation file")
+            arr = _read_csv(p)
+        else:
+            raise ValueError(f"--obs must be an HDF5 simulation file (.h5), a .npy or a .csv file, got {path!r}")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"--obs {path}: expected numbers, got an array of dtype {arr.dtype}")
+        event_ndim = len(posterior.obs_shape) + (1 if posterior.is_set_valued else 0)
+        if arr.ndim == event_ndim:
+            arr = arr[None]
+        if arr.ndim != event_ndim + 1:
+            raise ValueError(f"--obs {path}: expected an array of one or several observations of shape "
+                             f"{_obs_text(posterior)}, got shape {arr.shape}")
+        y = torch.as_tensor(arr.astype(np.float32))
+        y = y[list(_select_rows(len(y), rows))]
+        if posterior.is_set_valued:  # rows that are all NaN pad a set to the common length K
+            valid = ~torch.isnan(y).all(-1)
+            sizes = valid.sum(-1)
+            if not (valid == (torch.arange(y.shape[1])[None] < sizes[:, None])).all():
+                raise ValueError(f"--obs {path}: NaN padding rows must come after the elements of each set")
+            y = torch.nan_to_num(y, nan=0.0)
+    width = tuple(y.shape[2:] if posterior.is_set_valued else y.shape[1:])
+    if width != posterior.obs_shape:
+        raise ValueError(f"--obs {path}: observations have shape {_shape_text(width)} but the model takes "
+                         f"{_obs_text(posterior)}")
+    return y, sizes
+
+
+def _read_csv(path: Path):
+    import numpy as np
+
+    for skip in (0, 1):  # a header line is skipped
+        try:
+            arr = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=skip, comments="#")
+            break
+        except ValueError as err:
+            if skip:
+                raise ValueError(f"--obs {path}: cannot read the CSV as numbers: {err}") from None
+    if arr.size == 0:
+        raise ValueError(f"--obs {path}: the CSV file holds no observations")
+    return arr
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _obs_text(posterior) -> str:
+    return ("(K, " if posterior.is_set_valued else "(") + ", ".join(map(str, posterior.obs_shape)) + \
+        ("," if len(posterior.obs_shape) == 1 and not posterior.is_set_valued else "") + ")"
+
+
+def _write_samples(path: Path, samples, posterior, attrs: dict) -> None:
+    """Samples ``(n, B, D)`` to ``.npy``, ``.h5`` (dataset ``samples``) or ``.csv`` (long format), atomically."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    suffix = path.suffix.lower()
+    array = samples.detach().cpu().numpy()
+    if suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    elif suffix == ".csv":
+        posterior.to_dataframe(samples).to_csv(tmp, index=False)
+    else:
+        import h5py
+
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("samples", data=array, chunks=True, compression="lzf", shuffle=True)
+            f.attrs["param_names"] = list(posterior.param_names)
+            f.attrs["layout"] = "(num_samples, num_observations, num_parameters)"
+            for key, value in attrs.items():
+                f.attrs[key] = value
+    tmp.replace(path)
+
+
+# -- sbi-inn train ------------------------------------------------------------------------------------------------
+def _add_train(subcommands) -> None:
+    p = subcommands.add_parser(
+        "train", help="train a posterior on an HDF5 simulation file",
+        description="Train a conditional INN (cinn, maximum likelihood) or a bidirectional INN (inn, MMD losses) "
+                    "on the simulations of DATA.h5, holding out 10% for validation, and save the posterior. "
+                    "Training stops at --epochs, at the --minutes budget, or when the validation loss has stopped "
+                    "improving (early stopping), whichever comes first; the saved weights are those of the best "
+                    "validation epoch. With --checkpoint-dir, an interrupted run resumes when the same command is run "
+                    "again. Options left out keep the defaults of sbi_inn.fit.FitConfig (cinn) or "
+                    "sbi_inn.inn.INNConfig (inn).")
+    p.add_argument("data", metavar="DATA.h5", help="simulation file written by `sbi-inn simulate`")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.sbi", help="where to save the posterior")
+    p.add_argument("--method", choices=("cinn", "inn"), default="cinn",
+                   help="cinn: conditional INN; inn: bidirectional INN (default: cinn)")
+    p.add_argument("--minutes", type=_positive(float), metavar="M", help="wall-clock training budget in minutes")
+    p.add_argument("--epochs", type=_positive(int), metavar="E",
+                   help="maximum number of epochs; the learning rate decays over them")
+    p.add_argument("--batch-size", type=_positive(int), metavar="B", help="samples per gradient step")
+    p.add_argument("--lr", type=_positive(float), metavar="LR", help="initial learning rate")
+    p.add_argument("--blocks", type=_positive(int), metavar="N", help="number of coupling blocks")
+    p.add_argument("--hidden", type=_positive(int), metavar="H", help="width of the coupling subnetworks")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling and the split (default: 0)")
+    p.add_argument("--checkpoint-dir", metavar="DIR", help="write a checkpoint every epoch; resume from it")
+    _add_device(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    _add_threads(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+    import time
+
+    from sbi_inn.fit import FitConfig, fit_posterior
+
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"no such simulation file: {args.data!r}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.method == "cinn":
+        base = FitConfig()
+    else:
+        from sbi_inn.inn import INNConfig
+
+        base = INNConfig()
+    flow = {"num_blocks": args.blocks, "hidden": args.hidden}
+    train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "max_time": None if args.minutes is None else 60.0 * args.minutes}
+    if args.lr is not None:
+        train["lr_final"] = min(base.train.lr_final, args.lr)
+    config = dataclasses.replace(
+        base, flow=dataclasses.replace(base.flow, **{k: v for k, v in flow.items() if v is not None}),
+        train=dataclasses.replace(base.train, **{k: v for k, v in train.items() if v is not None}))
+    device = _device(args.device)
+    t0 = time.perf_counter()
+    posterior = fit_posterior(data=args.data, method=args.method, device=device, seed=args.seed, config=config,
+                              show_progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
+    seconds = time.perf_counter() - t0
+    path = posterior.save(args.output)
+    if not args.quiet:
+        history = posterior.history
+        vals = [h["val_loss"] for h in history if math.isfinite(h.get("val_loss", math.nan))]
+        train_seconds = sum(h.get("seconds", 0.0) for h in history)
+        loss = (f"validation loss {vals[-1]:.4g} at the last epoch, best {min(vals):.4g} (saved)" if vals
+                else f"training loss {history[-1]['train_loss']:.4g}" if history else "no epochs run")
+        epochs = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
+        print(f"trained a {args.method} posterior on {device}: {epochs}, {train_seconds:.1f} s of training "
+              f"({seconds:.1f} s this run); {loss}")
+        print(f"saved to {path}")
+    return 0
+
+
+# -- sbi-inn sample -----------------------------------------------------------------------------------------------
+def _add_sample(subcommands) -> None:
+    p = subcommands.add_parser(
+        "sample", help="draw posterior samples for observations",
+        description="Draw N posterior samples for each observation in OBS with a trained posterior and write "
+                    "them to OUT, chosen by its suffix: .npy (array (N, B, D)), .h5 (dataset `samples` (N, B, D) "
+                    "with attribute `param_names`) or .csv (long format: an `observation` column, then one "
+                    "column per parameter).")
+    p.add_argument("model", metavar="MODEL.sbi", help="posterior written by `sbi-inn train`")
+    p.add_argument("--obs", required=True, metavar="OBS",
+                   help="observations: an HDF5 simulation file (its y), a .npy array (B, M) or (M,) (sets: "
+                        "(B, K, M) with all-NaN rows as padding), or a .csv with one observation per row (an "
+                        "optional header line is skipped)")
+    p.add_argument("-n", "--num-samples", type=_positive(int), required=True, metavar="N",
+                   help="samples per observation")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file: .npy, .h5 or .csv")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
+                   help="HDF5 OBS only: use this split of the file (fractions 0.8/0.1/0.1; default: all rows)")
+    p.add_argument("--rows", metavar="A:B", help="use only rows A to B-1 (after --split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
+    _add_device(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    _add_threads(p)
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    import time
+
+    out = Path(args.output)
+    if out.suffix.lower() not in _SAMPLE_SUFFIXES:
+        raise ValueError(f"-o must end in {', '.join(_SAMPLE_SUFFIXES)} (the suffix picks the format), got "
+                         f"{args.output!r}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    posterior = _load_model(args.model, args.device)
+    y, sizes = _read_observations(args.obs, posterior, args.split, args.rows)
+    t0 = time.perf_counter()
+    samples = posterior.sample_batched((args.num_samples,), y, sizes=sizes, seed=args.seed,
+                                       show_progress=not args.quiet).cpu()
+    seconds = time.perf_counter() - t0
+    _write_samples(out, samples, posterior, {"model": str(args.model), "observations": str(args.obs),
+                                             "split": args.split, "rows": args.rows or "", "seed": args.seed})
+    if not args.quiet:
+        print(f"drew {args.num_samples} samples for each of {samples.shape[1]} observations in {seconds:.2f} s; "
+              f"wrote {_shape_text(tuple(samples.shape))} ({', '.join(posterior.param_names)}) to {out}")
+    return 0
+
+
+# -- sbi-inn diagnose ---------------------------------------------------------------------------------------------
+def _add_diagnose(subcommands) -> None:
+    p = subcommands.add_parser(
+        "diagnose", help="calibration, SBC, MAP and re-simulation diagnostics on test simulations",
+        description="Draw posterior samples for test observations of an HDF5 simulation file and compare them "
+                    "with the file's ground-truth parameters: calibration error and curves, SBC ranks with "
+                    "uniformity p-values, posterior z-scores and contraction, MAP error and, when the simulator "
+                    "can be rebuilt (from the file or --simulator), the re-simulation error. Writes metrics.json, "
+                    "metrics.csv, metrics.md, calibration.png, sbc.png and corner.png to the report folder and "
+                    "prints the table.")
+    p.add_argument("model", metavar="MODEL.sbi", help="posterior written by `sbi-inn train`")
+    p.add_argument("--data", required=True, metavar="TEST.h5",
+                   help="test simulations (not the training file: its metrics would be optimistic)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder (created)")
+    p.add_argument("--num-obs", type=_positive(int), default=200, metavar="B",
+                   help="test observations used, the first B of the split (default: 200)")
+    p.add_argument("--num-samples", type=_positive(int), default=1000, metavar="N",
+                   help="posterior samples per observation (default: 1000)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
+                   help="rows of the file to use (fractions 0.8/0.1/0.1; default: all)")
+    p.add_argument("--point", choices=("auto", "mean_shift", "median", "mean"), default="auto",
+                   help="point estimate for the MAP error; auto: mean_shift up to 100 observations, else median")
+    p.add_argument("--simulator", metavar="NAME", help="simulator for re-simulation (default: the file's)")
+    p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="simulator configuration for --simulator (default: the file's when the names agree)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and re-simulations (default: 0)")
+    _add_device(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no status lines (the table is printed)")
+    _add_threads(p)
+    p.set_defaults(func=_run_diagnose)
+
+
+def _rebuild_simulator(args, meta: dict, notes: list[str]):
+    """The simulator for re-simulation, or ``None`` (with a note saying why)."""
+    from simulators import get_simulator
+
+    name = args.simulator or meta.get("simulator")
+    config = dict(meta.get("simulator_config") or {}) if name == meta.get("simulator") else {}
+    config.update(_parse_config(args.config))
+    if args.simulator is None and args.config:
+        raise ValueError("--config needs --simulator")
+    try:
+        return get_simulator(name, **config)
+    except (KeyError, TypeError, ValueError) as err:
+        if args.simulator is not None:
+            raise
+        notes.append(f"re-simulation skipped: the file's simulator {name!r} cannot be rebuilt "
+                     f"({' '.join(str(err.args[0] if err.args else err).split())}); pass --simulator NAME --config ...")
+        return None
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from sbi_inn import diagnostics, plots
+    from sbi_inn.data import load_hdf5
+
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    posterior = _load_model(args.model, args.device)
+    x, y, sizes, meta = _read_hdf5_rows(args.data, args.split, f":{args.num_obs}")
+    names = posterior.param_names
+    notes: list[str] = []
+    if x.shape[1] != posterior.param_dim:
+        raise ValueError(f"{args.data} holds {x.shape[1]} parameters ({', '.join(meta['param_names'])}) but the "
+                         f"model infers {posterior.param_dim} ({', '.join(names)})")
+    if bool(meta["is_set_valued"]) != posterior.is_set_valued:
+        raise ValueError(f"{args.data} is {'' if meta['is_set_valued'] else 'not '}set-valued but the model is "
+                         f"{'' if posterior.is_set_valued else 'not '}")
+    width = tuple(y.shape[2:] if posterior.is_set_valued else y.shape[1:])
+    if width != posterior.obs_shape:
+        raise ValueError(f"{args.data}: observations have shape {_shape_text(width)} but the model takes "
+                         f"{_obs_text(posterior)}")
+    if list(meta["param_names"]) != list(names):
+        notes.append(f"parameter names differ: file {meta['param_names']}, model {names}")
+    trained_on = (posterior.metadata.get("data") or {}).get("path")
+    if trained_on and Path(trained_on).resolve() == Path(args.data).resolve():
+        notes.append(f"{args.data} is the file the model was trained on: the metrics are optimistic")
+    sim = None
+    if posterior.is_set_valued:
+        notes.append("re-simulation skipped: set-valued observations")
+    else:
+        sim = _rebuild_simulator(args, meta, notes)
+    b, n = x.shape[0], args.num_samples
+    if b < args.num_obs:
+        notes.append(f"only {b} observations in the split (asked for {args.num_obs})")
+    log = (lambda *a: None) if args.quiet else print
+
+    log(f"sampling {n} posterior draws for each of {b} test observations")
+    t0 = time.perf_counter()
+    samples = posterior.sample_batched((n,), y, sizes=sizes, seed=args.seed, show_progress=not args.quiet).cpu()
+    sampling_seconds = time.perf_counter() - t0
+    prior_x = load_hdf5(args.data, max_rows=20_000)["x"]
+
+    log("computing calibration, SBC, z-scores, contraction, MAP and re-simulation errors")
+    calib = diagnostics.calibration_summary(samples, x)
+    alphas, inl = diagnostics.calibration_curve(samples, x)
+    ranks = diagnostics.sbc_ranks(samples, x)
+    sbc_p = diagnostics.sbc_uniformity(ranks, n)
+    z = diagnostics.posterior_zscore(samples, x)
+    contraction = diagnostics.posterior_contraction(samples, prior_x.var(0))
+    point = args.point if args.point != "auto" else ("mean_shift" if b <= 100 else "median")
+    x_hat = diagnostics.point_estimate(samples, point) if n > 1 or point != "mean_shift" else samples[0]
+    resim = map_resim = None
+    if sim is not None:
+        gen = torch.Generator().manual_seed(args.seed)
+        resim = diagnostics.resimulation_error(sim.simulate, samples, y, generator=gen)
+        map_resim = diagnostics.map_resimulation_error(sim.simulate, x_hat, y, generator=gen)
+
+    per_param = {
+        "calib_median": calib["median_per_parameter"], "calib_mean": calib["mean_per_parameter"],
+        "calib_signed": calib["signed_mean_per_parameter"], "sbc_p": sbc_p,
+        "z_mean": z.mean(0), "z_std": z.std(0) if b > 1 else torch.full((len(names),), float("nan")),
+        "contraction": contraction.mean(0), "map_rmse": diagnostics.map_error_per_parameter(x_hat, x),
+    }
+    overall = {"calib_median": calib["median"], "calib_mean": calib["mean"], "calib_signed": calib["signed_mean"],
+               "sbc_p": float(sbc_p.min()), "z_mean": float(z.mean()),
+               "z_std": float(z.std()) if z.numel() > 1 else float("nan"),
+               "contraction": float(contraction.mean()), "map_rmse": diagnostics.map_error(x_hat, x),
+               "resim_mean": None if resim is None else float(resim.mean()),
+               "resim_median": None if resim is None else float(resim.median())}
+    metrics = {
+        "model": str(args.model), "data": str(args.data), "split": args.split, "num_observations": b,
+        "num_samples": n, "seed": args.seed, "method": (posterior.model.config() or {}).get("type"),
+        "calibration_error_median": calib["median"], "calibration_error_mean": calib["mean"],
+        "calibration_error_signed": calib["signed_mean"], "calibration_error_max": calib["max"],
+        "calibration_error_per_parameter": _by_name(names, calib["median_per_parameter"]),
+        "calibration_curve": {"alphas": alphas.tolist(),
+                              "alpha_inl": {k: inl[:, j].tolist() for j, k in enumerate(names)}},
+        "sbc_p_values": _by_name(names, sbc_p), "sbc_min_p_value": float(sbc_p.min()),
+        "zscore_mean": _by_name(names, z.mean(0)), "zscore_std": _by_name(names, per_param["z_std"]),
+        "contraction_mean": _by_name(names, contraction.mean(0)),
+        "point_estimate": point, "map_error": overall["map_rmse"],
+        "map_error_per_parameter": _by_name(names, per_param["map_rmse"]),
+        "resimulation_error_mean": overall["resim_mean"], "resimulation_error_median": overall["resim_median"],
+        "map_resimulation_error": None if map_resim is None else float(map_resim.mean()),
+        "simulator": None if sim is None else {"name": sim.name, "config": sim.config()},
+        "sampling_seconds": sampling_seconds, "notes": notes,
+    }
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = _metrics_table(names, per_param, overall)
+    (out / "metrics.json").write_text(json.dumps(_plain(metrics), indent=2) + "\n")
+    table.to_csv(out / "metrics.csv", index_label="parameter")
+    markdown = diagnostics.to_markdown(table, digits=3)
+    legend = ("Rows: each parameter, then `all` (pooled over parameters; its `sbc_p` is the smallest p-value and "
+              f"its `map_rmse` the RMSE over all parameters). {b} test observations of {args.data} "
+              f"(split {args.split}), {n} posterior samples each; point estimate: {point}. `calib_*`: "
+              "|alpha_inl - alpha| over 99 levels (signed: alpha_inl - alpha, negative = over-confident); `sbc_p`: "
+              "chi-square uniformity of SBC ranks; `z_*`: posterior z-scores; `resim_*`: distance of re-simulated "
+              "samples to the observation.")
+    (out / "metrics.md").write_text(markdown + "\n\n" + legend + "\n" + "".join(f"\n- {note}" for note in notes)
+                                    + "\n")
+
+    log("plotting calibration curves, SBC ranks and the corner plot of the first observation")
+    units = getattr(sim, "param_units", None) if sim is not None else None
+    plots.calibration_plot(alphas, inl - alphas[:, None], names, path=out / "calibration.png")
+    plots.sbc_plot(ranks, n, out / "sbc.png", param_names=names)
+    plots.corner_plot({"posterior": samples[:, 0]}, truth=x[0], prior_samples=prior_x[:5000], param_names=names,
+                      units=units if units is not None and len(units) == len(names) else None,
+                      path=out / "corner.png")
+    print(markdown)
+    for note in notes:
+        print(f"note: {note}")
+    log(f"report written to {out}: metrics.json, metrics.csv, metrics.md, calibration.png, sbc.png, corner.png")
+    return 0
+
+
+def _by_name(names, values) -> dict:
+    return {k: float(v) for k, v in zip(names, values.tolist())}
+
+
+def _metrics_table(names, per_param: dict, overall: dict):
+    """One row per parameter plus ``all`` (pooled); the re-simulation columns are filled for ``all`` only."""
+    import math
+
+    import pandas as pd
+
+    rows = {k: {c: float(v[j]) for c, v in per_param.items()} for j, k in enumerate(names)}
+    rows["all"] = {c: (math.nan if v is None else v) for c, v in overall.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "parameter"
+    return table.dropna(axis=1, how="all")
+
+
+def _plain(obj):
+    """JSON-safe copy: NaN and inf become ``None``."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 # -- parser and entry point ---------------------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable] = [_add_list, _add_simulate, _add_info]
+SUBCOMMANDS: list[Callable] = [_add_list, _add_simulate, _add_info, _add_train, _add_sample, _add_diagnose]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _torch_threads(getattr(args, "threads", None)):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"sbi-inn {args.command}: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130

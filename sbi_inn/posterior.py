@@ -74,6 +74,15 @@ class Posterior(nn.Module):
     def param_dim(self) -> int:
         return self.model.param_dim
 
+    @property
+    def history(self) -> list[dict]:
+        """Per-epoch training records (kept in ``metadata["history"]``, so they survive save/load)."""
+        return self.metadata.get("history", [])
+
+    @history.setter
+    def history(self, records: list[dict]) -> None:
+        self.metadata["history"] = list(records)
+
     # -- input checks ---------------------------------------------------------------------------------------------
     def _as_batch(self, y, sizes=None, *, single: bool) -> tuple[Tensor, Tensor | None]:
         """Check observations; return ``(Y (B, ...), sizes (B,) or None)`` on the model's device."""
@@ -283,7 +292,10 @@ class Posterior(nn.Module):
         return path
 
     def __repr__(self) -> str:
-        kind = self.model.config().get("type", "?")
+        try:
+            kind = self.model.config().get("type", "?")
+        except NotImplementedError:  # e.g. a cINN with a custom summary network has no JSON config
+            kind = "?"
         return (f"Posterior(method={kind!r}, params={self.param_names}, obs_shape={self.obs_shape}, "
                 f"set_valued={self.is_set_valued}, device={self.device})")
 

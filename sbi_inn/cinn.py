@@ -1,0 +1,387 @@
+"""The conditional invertible neural network (cINN) posterior model of thesis ch. 3.
+
+A cINN learns ``q(x | y)`` as a normalising flow over the parameters whose every coupling block receives the
+summary ``c = phi(y)`` of the observation (thesis eq. 3.10, conditioning network 3.4). It is trained by conditional
+maximum likelihood (eq. 3.8) and gives both exact densities and fast sampling.
+
+The pipeline from parameters ``x`` (inside the prior's support) to the latent ``z`` is::
+
+    x --support.inverse--> u (unconstrained) --standardise--> v --flow(. ; c)--> z ~ N(0, I)
+
+so ``log q(x | y) = log N(z) + log|dz/dv| + log|dv/du| - log|dx/du|``, and samples ``x = T(u)`` lie inside the
+support by construction. Parameter and observation standardisation constants are buffers fitted on the training
+data (:meth:`ConditionalINN.fit_standardization`), so ``.to(device)`` moves everything.
+
+One-dimensional parameters (``D = 1``) cannot be split by a coupling block. Rather than padding with a noise
+dimension (whose marginal density would need an integral), the flow is then an exact 1-D conditional flow:
+``num_blocks`` layers, each a conditional affine map followed by a conditional monotone rational-quadratic spline
+(Durkan et al. 2019) on ``[-B, B]`` with identity tails, all parameters predicted from ``c`` by MLPs of the
+``FlowConfig`` width and depth (:class:`ConditionalSpline1d`).
+
+References:
+    thesis ``002_e718d3c52e134117.txt`` 3.1 (eqs. 3.5, 3.8), 3.2 (eq. 3.10), 3.4, 3.5 (eq. 3.13), 3.8.6 (eq. 3.14).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sbi_inn.flows import ACTIVATIONS, CouplingFlow, FlowConfig
+from sbi_inn.summary import DeepSetSummary, MLPSummary, mlp
+from sbi_inn.transforms import Standardize, SupportTransform, standard_normal_log_prob
+
+SUMMARY_KINDS = ("mlp", "deepset", "none")
+DEFAULT_SUMMARY_DIM = 32
+
+
+# -- exact 1-D conditional flow ---------------------------------------------------------------------------------
+def rq_spline(x: Tensor, w_raw: Tensor, h_raw: Tensor, d_raw: Tensor, bound: float, *, inverse: bool = False,
+              min_bin: float = 1e-3, min_deriv: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Monotone rational-quadratic spline on ``[-bound, bound]``, identity outside (Durkan et al. 2019).
+
+    Args:
+        x: inputs ``(n,)``.
+        w_raw, h_raw: unnormalised bin widths and heights ``(n, K)``.
+        d_raw: unconstrained derivatives at the ``K - 1`` inner knots ``(n, K - 1)``; zeros give derivative 1.
+        inverse: evaluate the inverse map.
+
+    Returns:
+        ``(out (n,), log|d out / d x| (n,))``.
+    """
+    K = w_raw.shape[-1]
+    widths = (min_bin + (1 - min_bin * K) * torch.softmax(w_raw, -1)) * 2 * bound
+    heights = (min_bin + (1 - min_bin * K) * torch.softmax(h_raw, -1)) * 2 * bound
+    shift = math.log(math.expm1(1 - min_deriv))  # softplus(0 + shift) + min_deriv == 1
+    inner = min_deriv + F.softplus(d_raw + shift)
+    ones = torch.ones_like(inner[..., :1])
+    derivs = torch.cat([ones, inner, ones], -1)  # (n, K + 1), 1 at the ends to match the identity tails
+    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound
+    yk = F.pad(torch.cumsum(heights, -1), (1, 0)) - bound
+    xk[..., -1], yk[..., -1] = bound, bound
+
+    inside = (x > -bound) & (x < bound)
+    xin = x.clamp(-bound, bound)
+    knots = yk if inverse else xk
+    idx = (torch.searchsorted(knots[..., 1:-1].contiguous(), xin[..., None]).squeeze(-1)).clamp(0, K - 1)
+
+    def pick(t: Tensor) -> Tensor:
+        return t.gather(-1, idx[..., None]).squeeze(-1)
+
+    x0, y0, w, h = pick(xk), pick(yk), pick(widths), pick(heights)
+    d0, d1 = pick(derivs[..., :-1]), pick(derivs[..., 1:])
+    s = h / w
+    if not inverse:
+        xi = ((xin - x0) / w).clamp(0, 1)
+        t = xi * (1 - xi)
+        denom = s + (d1 + d0 - 2 * s) * t
+        out = y0 + h * (s * xi**2 + d0 * t) / denom
+        dxi = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
+        logdet = torch.log(dxi)
+    else:
+        dy = xin - y0
+        a = h * (s - d0) + dy * (d1 + d0 - 2 * s)
+        b = h * d0 - dy * (d1 + d0 - 2 * s)
+        c = -s * dy
+        disc = (b**2 - 4 * a * c).clamp_min(0)
+        xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+        out = x0 + xi * w
+        t = xi * (1 - xi)
+        denom = s + (d1 + d0 - 2 * s) * t
+        dxi = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
+        logdet = -torch.log(dxi)
+    out = torch.where(inside, out, x)
+    logdet = torch.where(inside, logdet, torch.zeros_like(logdet))
+    return out, logdet
+
+
+class ConditionalSpline1d(nn.Module):
+    """Exact conditional flow ``R -> R`` for one-dimensional parameters, with the :class:`CouplingFlow` contract.
+
+    Each of ``config.num_blocks`` layers maps ``v -> w = v * exp(s~) + t`` (``s~`` soft-clamped as in eq. 3.13)
+    and then applies :func:`rq_spline` with ``bins`` bins on ``[-bound, bound]``; ``s, t`` and the spline
+    parameters are predicted from the condition ``c``. Last layers start at zero, so a fresh flow is the identity.
+    """
+
+    def __init__(self, cond_dim: int, config: FlowConfig | None = None, bins: int = 8, bound: float = 5.0):
+        super().__init__()
+        config = config or FlowConfig()
+        if cond_dim < 1:
+            raise ValueError("ConditionalSpline1d: needs a condition (cond_dim >= 1)")
+        self.dim, self.cond_dim, self.config, self.bins, self.bound = 1, cond_dim, config, bins, bound
+        self.nets = nn.ModuleList()
+        for _ in range(config.num_blocks):
+            net = mlp(cond_dim, 3 * bins + 1, config.hidden, config.num_layers, config.activation)
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
+            self.nets.append(net)
+
+    def _params(self, net: nn.Module, c: Tensor):
+        p = net(c)
+        alpha = self.config.clamp
+        s = alpha * torch.tanh(p[:, 0] / alpha)
+        t = p[:, 1]
+        K = self.bins
+        return s, t, p[:, 2 : 2 + K], p[:, 2 + K : 2 + 2 * K], p[:, 2 + 2 * K :]
+
+    def _check(self, x: Tensor, c: Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != 1 or c is None or c.shape != (x.shape[0], self.cond_dim):
+            got = None if c is None else tuple(c.shape)
+            raise ValueError(f"ConditionalSpline1d: need x (n, 1) and c (n, {self.cond_dim}), got "
+                             f"{tuple(x.shape)} and {got}")
+
+    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(x, c)
+        v, logdet = x[:, 0], torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for net in self.nets:
+            s, t, w_raw, h_raw, d_raw = self._params(net, c)
+            v = v * torch.exp(s) + t
+            v, ld = rq_spline(v, w_raw, h_raw, d_raw, self.bound)
+            logdet = logdet + s + ld
+        return v[:, None], logdet
+
+    def inverse(self, z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(z, c)
+        v, logdet = z[:, 0], torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        for net in reversed(self.nets):
+            s, t, w_raw, h_raw, d_raw = self._params(net, c)
+            v, ld = rq_spline(v, w_raw, h_raw, d_raw, self.bound, inverse=True)
+            v = (v - t) * torch.exp(-s)
+            logdet = logdet + ld - s
+        return v[:, None], logdet
+
+
+# -- bounds <-> JSON ----------------------------------------------------------------------------------------------
+def _bounds_to_json(t: Tensor) -> list[float | None]:
+    """Finite bounds as floats, infinite ones as ``None`` (JSON has no inf)."""
+    return [float(v) if math.isfinite(float(v)) else None for v in t]
+
+
+def _bounds_from_json(values: Sequence[float | None], fill: float) -> Tensor:
+    return torch.tensor([fill if v is None else float(v) for v in values], dtype=torch.float32)
+
+
+# -- the model ----------------------------------------------------------------------------------------------------
+class ConditionalINN(nn.Module):
+    """Conditional INN ``q(x | y)`` with a jointly trained summary network (implements the Posterior protocol).
+
+    Args:
+        param_dim: number of parameters ``D``.
+        obs_shape: shape of one observation ``(M,)`` (any shape for vectors, flattened by the MLP summary); for
+            set-valued data the shape of one set member.
+        support_low, support_high: per-parameter support bounds ``(D,)`` (``+-inf`` or ``None`` where unbounded),
+            e.g. from ``sbi_inn.priors.support_bounds``; unbounded everywhere when omitted.
+        is_set_valued: observations are sets ``(B, K, M)`` with sizes ``(B,)``.
+        flow: architecture of the coupling flow (for ``D = 1``: of the 1-D spline flow).
+        summary: ``"auto"`` (deep set for sets, MLP otherwise), ``"mlp"``, ``"deepset"``, ``"none"`` (the
+            standardised observation itself is the condition; vectors only) or an ``nn.Module`` with attribute
+            ``out_dim``, called as ``net(y)`` (vectors) or ``net(y, mask)`` (sets) on standardised observations.
+            Models with a custom module train and sample normally but cannot be saved (``config`` raises).
+        summary_dim: summary features ``C`` (default 32; ignored for ``"none"`` and custom modules).
+        summary_hidden, summary_layers: width and hidden-layer count of the summary network(s).
+        spline_bins: bins of the 1-D spline flow (``D = 1`` only).
+
+    Example:
+        >>> model = ConditionalINN(2, (3,), flow=FlowConfig(num_blocks=2, hidden=16), summary_dim=4)
+        >>> c = model.condition(torch.zeros(5, 3))
+        >>> model.sample_given(c, 10, torch.Generator().manual_seed(0)).shape
+        torch.Size([10, 5, 2])
+    """
+
+    def __init__(self, param_dim: int, obs_shape: Sequence[int], *, support_low=None, support_high=None,
+                 is_set_valued: bool = False, flow: FlowConfig | None = None, summary: str | nn.Module = "auto",
+                 summary_dim: int | None = None, summary_hidden: int = 128, summary_layers: int = 2,
+                 summary_activation: str = "relu", spline_bins: int = 8):
+        super().__init__()
+        if param_dim < 1:
+            raise ValueError(f"ConditionalINN: param_dim must be >= 1, got {param_dim}")
+        self.param_dim = int(param_dim)
+        self.obs_shape = tuple(int(s) for s in obs_shape)
+        self.is_set_valued = bool(is_set_valued)
+        if self.is_set_valued and len(self.obs_shape) != 1:
+            raise ValueError(f"ConditionalINN: set members must be vectors (M,), got obs_shape {self.obs_shape}")
+        if summary_activation not in ACTIVATIONS:
+            raise ValueError(f"ConditionalINN: summary_activation must be one of {sorted(ACTIVATIONS)}, got "
+                             f"{summary_activation!r}")
+        flow = flow or FlowConfig()
+        self.flow_config = flow
+        self.spline_bins = int(spline_bins)
+        self.summary_hidden, self.summary_layers = int(summary_hidden), int(summary_layers)
+        self.summary_activation = summary_activation
+        obs_size = math.prod(self.obs_shape)
+
+        lo = torch.full((param_dim,), -math.inf) if support_low is None else _as_bounds(support_low, -math.inf)
+        hi = torch.full((param_dim,), math.inf) if support_high is None else _as_bounds(support_high, math.inf)
+        if lo.shape != (param_dim,) or hi.shape != (param_dim,):
+            raise ValueError(f"ConditionalINN: support bounds must have shape ({param_dim},), got "
+                             f"{tuple(lo.shape)} and {tuple(hi.shape)}")
+        self.support = SupportTransform(lo, hi)
+        self.x_standardize = Standardize(param_dim)
+        self.y_standardize = Standardize(self.obs_shape)
+
+        if isinstance(summary, nn.Module):
+            if not isinstance(getattr(summary, "out_dim", None), int) or summary.out_dim < 1:
+                raise ValueError("ConditionalINN: a custom summary module needs an integer attribute out_dim >= 1")
+            self.summary_kind, self.summary_dim, self.summary = "custom", summary.out_dim, summary
+        else:
+            kind = ("deepset" if self.is_set_valued else "mlp") if summary == "auto" else summary
+            if kind not in SUMMARY_KINDS:
+                raise ValueError(f"ConditionalINN: summary must be 'auto', one of {SUMMARY_KINDS} or an nn.Module, "
+                                 f"got {summary!r}")
+            if kind == "deepset" and not self.is_set_valued:
+                raise ValueError("ConditionalINN: summary='deepset' needs set-valued observations")
+            if kind != "deepset" and self.is_set_valued:
+                raise ValueError(f"ConditionalINN: set-valued observations need a permutation-invariant summary "
+                                 f"('deepset' or a custom module), got {kind!r}")
+            self.summary_kind = kind
+            if kind == "none":
+                self.summary_dim, self.summary = obs_size, nn.Flatten()
+            else:
+                self.summary_dim = int(summary_dim or DEFAULT_SUMMARY_DIM)
+                if kind == "mlp":
+                    self.summary = MLPSummary(obs_size, self.summary_dim, summary_hidden, summary_layers,
+                                              summary_activation)
+                else:
+                    self.summary = DeepSetSummary(obs_size, self.summary_dim, summary_hidden, summary_layers,
+                                                  summary_activation)
+        if self.param_dim >= 2:
+            self.flow = CouplingFlow(self.param_dim, self.summary_dim, flow)
+        else:
+            self.flow = ConditionalSpline1d(self.summary_dim, flow, bins=self.spline_bins)
+
+    # -- standardisation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_standardization(self, x: Tensor, y: Tensor, sizes: Tensor | None = None) -> ConditionalINN:
+        """Fit the parameter and observation standardisation on training data.
+
+        Args:
+            x: parameters ``(n, D)`` inside the support; standardised in the unconstrained space.
+            y: observations ``(n, *obs_shape)`` (sets: ``(n, K, M)`` zero-padded).
+            sizes: set sizes ``(n,)`` (sets only).
+        """
+        dev = self.x_standardize.mean.device
+        x, y = x.to(dev, torch.float32), y.to(dev, torch.float32)
+        self.x_standardize.fit(self.support.inverse(x))
+        if self.is_set_valued:
+            self.y_standardize.fit(y, mask=self._mask(y, sizes))
+        else:
+            self.y_standardize.fit(y)
+        return self
+
+    def _mask(self, y: Tensor, sizes: Tensor | None) -> Tensor:
+        K = y.shape[1]
+        if sizes is None:
+            return torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        return torch.arange(K, device=y.device)[None, :] < sizes.to(y.device)[:, None]
+
+    # -- the Posterior protocol ----------------------------------------------------------------------------------
+    def condition(self, y: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """Summary ``c = phi(standardised y)`` ``(B, C)`` for observations ``(B, *obs_shape)`` (sets ``(B, K, M)``)."""
+        y = self.y_standardize(y)
+        if not self.is_set_valued:
+            return self.summary(y)
+        mask = self._mask(y, sizes)
+        y = torch.where(mask.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return self.summary(y, mask)
+
+    def log_prob_given(self, x: Tensor, c: Tensor) -> Tensor:
+        """``log q(x | y)`` ``(N,)`` for parameters ``x`` ``(N, D)`` and summaries ``c`` ``(N, C)``.
+
+        ``-inf`` outside the support; densities are with respect to ``x`` (all Jacobians included).
+        """
+        u = self.support.inverse(x)
+        v = self.x_standardize(u)
+        z, logdet = self.flow(v, c)
+        logp = (standard_normal_log_prob(z) + logdet + self.x_standardize.log_abs_det()
+                - self.support.log_abs_det(u))
+        return torch.where(self.support.contains(x), logp, torch.full_like(logp, -math.inf))
+
+    def sample_given(self, c: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples for each of the ``B`` summaries ``c`` ``(B, C)``, shape ``(n, B, D)``, inside the support.
+
+        Each observation draws its latent noise from its own generator, seeded from ``generator`` in observation
+        order, so splitting the observations into chunks (``Posterior.sample_batched``) reproduces the unchunked
+        samples exactly under the same seed.
+        """
+        B = c.shape[0]
+        z = torch.empty(n, B, self.param_dim, device=c.device, dtype=c.dtype)
+        for b, seed in enumerate(_row_seeds(generator, B)):
+            gen = torch.Generator(device=c.device).manual_seed(seed)
+            z[:, b] = torch.randn(n, self.param_dim, generator=gen, device=c.device, dtype=c.dtype)
+        v, _ = self.flow.inverse(z.reshape(n * B, self.param_dim), c.repeat(n, 1))
+        x = self.support(self.x_standardize.inverse(v))
+        return x.reshape(n, B, self.param_dim)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def loss(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
+        """Conditional maximum-likelihood loss (eq. 3.8) per parameter dimension, ``(loss, parts)``.
+
+        ``batch`` is ``(x, y)``, ``(x, y, sizes)`` or ``(x, y, mask)`` (as ``HDF5Dataset`` yields). The loss is
+        ``-log q(v | y) / D`` in the standardised unconstrained space ``v`` (the standardisation and support
+        Jacobians do not depend on the weights).
+        """
+        x, y = batch[0], batch[1]
+        sizes = batch[2] if len(batch) > 2 else None
+        if sizes is not None and sizes.dtype == torch.bool:
+            sizes = sizes.sum(-1)
+        c = self.condition(y, sizes)
+        v = self.x_standardize(self.support.inverse(x))
+        z, logdet = self.flow(v, c)
+        nll = -(standard_normal_log_prob(z) + logdet).mean() / self.param_dim
+        return nll, {"nll_per_dim": float(nll.detach())}
+
+    # -- configuration ----------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """JSON architecture description; ``ConditionalINN.from_config(config)`` rebuilds an untrained twin.
+
+        Raises:
+            NotImplementedError: for a custom summary module, which cannot be rebuilt from JSON.
+        """
+        if self.summary_kind == "custom":
+            raise NotImplementedError(
+                f"this ConditionalINN uses a custom summary network ({type(self.summary).__name__}), which cannot "
+                "be rebuilt from a JSON configuration, so the posterior cannot be saved; use summary='mlp' or "
+                "'deepset', or save the whole module's state_dict yourself")
+        return {"type": "cinn", "param_dim": self.param_dim, "obs_shape": list(self.obs_shape),
+                "is_set_valued": self.is_set_valued, "support_low": _bounds_to_json(self.support.lo),
+                "support_high": _bounds_to_json(self.support.hi), "flow": self.flow_config.to_dict(),
+                "summary": {"kind": self.summary_kind, "dim": self.summary_dim, "hidden": self.summary_hidden,
+                            "layers": self.summary_layers, "activation": self.summary_activation},
+                "spline_bins": self.spline_bins}
+
+    @classmethod
+    def from_config(cls, config: dict) -> ConditionalINN:
+        if config.get("type") != "cinn":
+            raise ValueError(f"ConditionalINN.from_config: not a cinn configuration (type {config.get('type')!r})")
+        s = config["summary"]
+        return cls(config["param_dim"], config["obs_shape"], is_set_valued=config["is_set_valued"],
+                   support_low=_bounds_from_json(config["support_low"], -math.inf),
+                   support_high=_bounds_from_json(config["support_high"], math.inf),
+                   flow=FlowConfig(**config["flow"]), summary=s["kind"], summary_dim=s["dim"],
+                   summary_hidden=s["hidden"], summary_layers=s["layers"], summary_activation=s["activation"],
+                   spline_bins=config.get("spline_bins", 8))
+
+
+def _as_bounds(values, fill: float) -> Tensor:
+    if isinstance(values, Tensor):
+        return values.detach().to("cpu", torch.float32).reshape(-1)
+    return _bounds_from_json(list(values), fill)
+
+
+def _row_seeds(generator: torch.Generator | None, B: int) -> list[int]:
+    """``B`` seeds drawn one after another from ``generator`` (fresh randomness when ``None``).
+
+    One draw per row keeps the stream independent of how rows are chunked: torch's CPU ``randint`` is sequential,
+    but CUDA draws depend on the tensor size, so on CUDA every seed is its own call.
+    """
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()
+    dev = generator.device
+    if dev.type == "cpu":
+        return torch.randint(0, 2**62, (B,), generator=generator).tolist()
+    return [int(torch.randint(0, 2**62, (1,), generator=generator, device=dev)) for _ in range(B)]

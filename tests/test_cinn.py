@@ -1,0 +1,213 @@
+"""The conditional INN model: invertibility, exact densities, support, 1-D flow, configuration round trip."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from sbi_inn.cinn import ConditionalINN, rq_spline
+from sbi_inn.flows import FlowConfig
+from sbi_inn.posterior import Posterior
+from sbi_inn.transforms import standard_normal_log_prob
+
+INF = math.inf
+
+
+
+
+def make_model(D, lo=None, hi=None, *, seed=0, scale=0.15, blocks=3, obs_dim=3, **kw):
+    """A small model whose weights are randomised (a fresh flow is the identity), standardisation included."""
+    torch.manual_seed(seed)
+    model = ConditionalINN(D, (obs_dim,), support_low=lo, support_high=hi,
+                           flow=FlowConfig(num_blocks=blocks, hidden=16), summary_dim=4, summary_hidden=8, **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn_like(p))
+        model.x_standardize.mean.copy_(0.1 * torch.randn(D))
+        model.x_standardize.std.copy_(0.5 + torch.rand(D))
+    return model.eval()
+
+
+def z_of_x(model, x, c):
+    return model.flow(model.x_standardize(model.support.inverse(x)), c)[0]
+
+
+@pytest.mark.parametrize("D, lo, hi", [
+    (1, [0.0], [2.0]),
+    (2, [-INF, -INF], [INF, INF]),
+    (3, [0.0, -INF, 1.0], [1.0, INF, INF]),
+    (4, [-1.0, 0.0, -INF, -INF], [1.0, INF, 0.5, INF]),
+])
+def test_invertible_and_logdet_matches_autograd(D, lo, hi, gen):
+    model = make_model(D, torch.tensor(lo), torch.tensor(hi))
+    c = model.condition(torch.randn(6, 3, generator=gen))
+    x = model.sample_given(c, 2, gen).reshape(12, D)
+    cc = c.repeat(2, 1)
+    assert model.support.contains(x).all()
+    # forward then inverse returns the input (in the unconstrained, standardised space)
+    v = model.x_standardize(model.support.inverse(x))
+    z, logdet = model.flow(v, cc)
+    v2, logdet_inv = model.flow.inverse(z, cc)
+    torch.testing.assert_close(v2, v, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logdet_inv, -logdet, rtol=1e-4, atol=1e-4)
+    # the density of the whole pipeline x -> z equals log N(z) + log|det dz/dx| from autograd (in float64)
+    logp = model.log_prob_given(x, cc).detach()
+    md = copy.deepcopy(model).double()
+    for i in range(0, 12, 3):
+        xi, ci = x[i].detach().double(), cc[i:i + 1].detach().double()
+        J = torch.autograd.functional.jacobian(lambda a, ci=ci: z_of_x(md, a[None], ci)[0], xi)
+        ref = standard_normal_log_prob(z_of_x(md, xi[None], ci))[0] + torch.linalg.slogdet(J)[1]
+        assert abs(logp[i].item() - ref.item()) < 1e-3 * (1 + abs(ref.item()))
+        torch.testing.assert_close(md.log_prob_given(xi[None], ci)[0], ref.detach())
+
+
+def _grid(lo, hi, n):
+    g = torch.linspace(lo, hi, n + 1, dtype=torch.float64)
+    centers = 0.5 * (g[1:] + g[:-1])
+    xx, yy = torch.meshgrid(centers, centers, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], -1), (hi - lo) / n, g
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_density_normalised_and_matches_samples(bounded, gen):
+    lo, hi = (torch.tensor([0.0, -1.0]), torch.tensor([1.0, 2.0])) if bounded else (None, None)
+    model = make_model(2, lo, hi, scale=0.2).double()
+    c = model.condition(torch.randn(1, 3, generator=gen, dtype=torch.float64))
+    if bounded:
+        a, b = 0.0, 1.0  # integrate over the box [0, 1] x [-1, 2] through a rescaled second axis
+        pts, h, edges = _grid(a, b, 300)
+        pts = pts * torch.tensor([1.0, 3.0]) + torch.tensor([0.0, -1.0])
+        cell = h * h * 3.0
+    else:
+        pts, h, edges = _grid(-12.0, 12.0, 400)
+        cell = h * h
+    with torch.no_grad():
+        p = model.log_prob_given(pts, c.expand(len(pts), -1)).exp()
+    assert abs(p.sum().item() * cell - 1) < 0.01
+    # histogram of samples on a coarse grid against the integrated density
+    n = 200_000
+    with torch.no_grad():
+        s = model.sample_given(c, n, torch.Generator().manual_seed(3))[:, 0]
+    coarse = 10
+    fine = int(math.isqrt(len(p)))
+    P = p.reshape(fine, fine).reshape(coarse, fine // coarse, coarse, fine // coarse).sum((1, 3)) * cell
+    if bounded:
+        s = (s - torch.tensor([0.0, -1.0])) / torch.tensor([1.0, 3.0])
+        lo_, hi_ = 0.0, 1.0
+    else:
+        lo_, hi_ = -12.0, 12.0
+    idx = ((s - lo_) / (hi_ - lo_) * coarse).floor().long().clamp(0, coarse - 1)
+    H = torch.zeros(coarse, coarse, dtype=torch.float64)
+    H.index_put_((idx[:, 0], idx[:, 1]), torch.ones(n, dtype=torch.float64), accumulate=True)
+    H = H / n
+    assert 0.5 * (H - P).abs().sum().item() < 0.02  # total variation distance between binned distributions
+
+
+def test_one_dimensional_flow_is_exact(gen):
+    model = make_model(1, torch.tensor([-INF]), torch.tensor([INF]), scale=0.2, blocks=2).double()
+    c = model.condition(torch.randn(1, 3, generator=gen, dtype=torch.float64))
+    x = torch.linspace(-15, 15, 30001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        p = model.log_prob_given(x, c.expand(len(x), -1)).exp()
+        s = model.sample_given(c, 100_000, torch.Generator().manual_seed(0))[:, 0, 0]
+    dx = 30 / 30000
+    assert abs(p.sum().item() * dx - 1) < 1e-3
+    cdf = torch.cumsum(p, 0) * dx
+    for q in (0.1, 0.5, 0.9):
+        xq = s.quantile(q).item()
+        assert abs(cdf[int((xq + 15) / dx)].item() - q) < 0.01
+
+
+def test_spline_inverse_and_logdet(gen):
+    n, K = 1000, 6
+    x = 6 * torch.randn(n, generator=gen, dtype=torch.float64)
+    params = [torch.randn(n, k, generator=gen, dtype=torch.float64) for k in (K, K, K - 1)]
+    y, ld = rq_spline(x, *params, bound=5.0)
+    x2, ld_inv = rq_spline(y, *params, bound=5.0, inverse=True)
+    torch.testing.assert_close(x2, x, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ld_inv, -ld)
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(rq_spline(xr, *params, bound=5.0)[0].sum(), xr)
+    torch.testing.assert_close(grad.log(), ld)
+    assert (y[x.abs() > 5] == x[x.abs() > 5]).all()  # identity tails
+
+
+def test_samples_inside_box_even_with_extreme_weights(gen):
+    lo, hi = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 2.001, 1.0])
+    model = make_model(3, lo, hi, scale=5.0)
+    c = model.condition(100 * torch.randn(50, 3, generator=gen))
+    with torch.no_grad():
+        x = model.sample_given(c, 200, gen)
+    assert torch.isfinite(x).all()
+    assert model.support.contains(x.reshape(-1, 3)).all()
+    moderate = make_model(3, lo, hi)
+    c = moderate.condition(torch.randn(2, 3, generator=gen))
+    logp = moderate.log_prob_given(torch.tensor([[1.5, 2.0, 0.0], [0.5, 2.0005, 0.0]]), c)
+    assert logp[0] == -math.inf and torch.isfinite(logp[1])
+
+
+def test_config_round_trip_gives_identical_outputs(gen):
+    for D, kw in [(3, {}), (1, {}), (2, {"is_set_valued": True}), (2, {"summary": "none"})]:
+        lo = torch.tensor([0.0, -INF, 0.0][:D])
+        hi = torch.tensor([1.0, INF, INF][:D])
+        model = make_model(D, lo, hi, **kw)
+        cfg = json.loads(json.dumps(model.config()))  # JSON-clean: infinite bounds are encoded
+        twin = ConditionalINN.from_config(cfg)
+        twin.load_state_dict(model.state_dict())
+        twin.eval()
+        if kw.get("is_set_valued"):
+            y, sizes = torch.randn(4, 5, 3, generator=gen), torch.tensor([1, 5, 3, 2])
+        else:
+            y, sizes = torch.randn(4, 3, generator=gen), None
+        c, c2 = model.condition(y, sizes), twin.condition(y, sizes)
+        torch.testing.assert_close(c2, c)
+        s = model.sample_given(c, 5, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(twin.sample_given(c2, 5, torch.Generator().manual_seed(1)), s)
+        x = s.reshape(-1, D)
+        torch.testing.assert_close(twin.log_prob_given(x, c2.repeat(5, 1)), model.log_prob_given(x, c.repeat(5, 1)))
+        assert twin.config() == cfg
+
+
+def test_loss_is_per_dimension_nll(gen):
+    model = make_model(2, None, None)
+    x, y = torch.randn(64, 2, generator=gen), torch.randn(64, 3, generator=gen)
+    loss, parts = model.loss((x, y))
+    c = model.condition(y)
+    logq_v = model.log_prob_given(x, c) - model.x_standardize.log_abs_det()  # unbounded: u = x
+    torch.testing.assert_close(loss, -logq_v.mean() / 2, rtol=1e-5, atol=1e-5)
+    assert parts["nll_per_dim"] == pytest.approx(loss.item())
+
+
+def test_set_valued_loss_accepts_sizes_or_mask(gen):
+    model = make_model(2, None, None, is_set_valued=True)
+    x, y = torch.randn(8, 2, generator=gen), torch.randn(8, 4, 3, generator=gen)
+    sizes = torch.randint(1, 5, (8,), generator=gen)
+    mask = torch.arange(4)[None, :] < sizes[:, None]
+    torch.testing.assert_close(model.loss((x, y, sizes))[0], model.loss((x, y, mask))[0])
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="summary"):
+        ConditionalINN(2, (3,), summary="transformer")
+    with pytest.raises(ValueError, match="deepset"):
+        ConditionalINN(2, (3,), summary="deepset")
+    with pytest.raises(ValueError, match="permutation-invariant"):
+        ConditionalINN(2, (3,), is_set_valued=True, summary="mlp")
+    with pytest.raises(ValueError, match="bounds"):
+        ConditionalINN(2, (3,), support_low=torch.zeros(3), support_high=torch.ones(3))
+    with pytest.raises(ValueError, match="not a cinn"):
+        ConditionalINN.from_config({"type": "inn"})
+
+
+def test_custom_summary_cannot_be_saved(tmp_path):
+    net = torch.nn.Linear(3, 4)
+    net.out_dim = 4
+    model = ConditionalINN(2, (3,), summary=net, flow=FlowConfig(num_blocks=1, hidden=4))
+    post = Posterior(model, param_names=["a", "b"], obs_shape=(3,))
+    assert post.sample((3,), torch.zeros(3)).shape == (3, 2)
+    assert "Posterior(" in repr(post)
+    with pytest.raises(NotImplementedError, match="cannot be saved"):
+        post.save(tmp_path / "p.sbi")

@@ -1,0 +1,305 @@
+"""fit_posterior: input validation, reproducibility, resumption, data files, and short trainings on known answers."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, Normal, Uniform
+
+import sbi_inn.train as train_module
+from sbi_inn.fit import FitConfig, fit_posterior
+from sbi_inn.flows import FlowConfig
+from sbi_inn.priors import BoxUniform
+from simulators import get_simulator
+
+TINY = {"flow": {"num_blocks": 2, "hidden": 16}, "summary_dim": 4, "summary_hidden": 16,
+        "train": {"epochs": 3, "batch_size": 64}}
+BOX = BoxUniform(torch.zeros(2), torch.ones(2))
+
+
+
+
+def noisy_identity(x):
+    return x + 0.05 * torch.randn_like(x)
+
+
+def tiny_fit(simulate=noisy_identity, prior=BOX, n=300, **kw):
+    kw.setdefault("config", TINY)
+    return fit_posterior(simulate, prior, num_simulations=n, show_progress=False, device="cpu", **kw)
+
+
+def weights(posterior):
+    return {k: v.clone() for k, v in posterior.model.state_dict().items()}
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+def test_wrong_prior_type():
+    with pytest.raises(TypeError, match="prior must be a torch.distributions.Distribution"):
+        tiny_fit(prior="uniform")
+    with pytest.raises(TypeError, match="entry 0 is float, not a torch Distribution"):
+        tiny_fit(prior=[0.0, 1.0])
+    with pytest.raises(TypeError, match="prior"):
+        tiny_fit(prior=None)  # a plain function has no .prior
+
+
+def test_prior_with_wrong_event_shape():
+    with pytest.raises(ValueError, match="event shape"):
+        tiny_fit(prior=Normal(torch.zeros(2), torch.ones(2)))
+
+
+def test_simulator_returning_wrong_rows():
+    with pytest.raises(ValueError, match="returned 32 rows .* for 64 parameter rows"):
+        tiny_fit(simulate=lambda x: x[:32])
+    with pytest.raises(ValueError, match=r"y\[:, None\]"):
+        tiny_fit(simulate=lambda x: x.sum(1))
+
+
+def test_all_nan_simulator():
+    with pytest.raises(ValueError, match="64 of 64 pilot simulations returned NaN"):
+        tiny_fit(simulate=lambda x: torch.full_like(x, math.nan))
+
+
+def test_partly_invalid_simulations_are_dropped_with_a_warning():
+    def sometimes_nan(x):
+        y = x.clone()
+        y[x[:, 0] < 0.1] = math.inf
+        return y
+
+    with pytest.warns(RuntimeWarning, match=r"\d+ of 300 simulations returned NaN or inf and were dropped"):
+        post = tiny_fit(simulate=sometimes_nan)
+    data = post.metadata["data"]
+    assert 10 < data["num_invalid"] < 60
+    assert data["num_train"] + data["num_val"] == 300 - data["num_invalid"]
+
+
+def test_failing_simulator_names_the_pilot():
+    def broken(x):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="pilot batch of 64 prior draws.*boom"):
+        tiny_fit(simulate=broken)
+
+
+def test_complex_output_rejected():
+    with pytest.raises(TypeError, match="real numbers"):
+        tiny_fit(simulate=lambda x: x.to(torch.complex64))
+
+
+def test_unknown_config_key_method_and_summary():
+    with pytest.raises(TypeError, match=r"unknown key\(s\) \['epochs'\]"):
+        tiny_fit(config={"epochs": 3})
+    with pytest.raises(TypeError, match="FitConfig.flow: unknown key"):
+        tiny_fit(config={"flow": {"blocks": 3}})
+    with pytest.raises(TypeError):
+        FitConfig(learning_rate=1e-3)
+    with pytest.raises(ValueError, match="method"):
+        tiny_fit(method="nle")
+    with pytest.raises(ValueError, match="summary"):
+        tiny_fit(summary="transformer")
+    with pytest.raises(TypeError, match="num_simulations"):
+        fit_posterior(noisy_identity, BOX, show_progress=False)
+    with pytest.raises(TypeError, match="data=PATH"):
+        fit_posterior(show_progress=False)
+
+
+def test_list_of_1d_priors_and_one_parameter_problem():
+    post = tiny_fit(prior=[Uniform(0.0, 1.0), Normal(0.0, 1.0)])
+    s = post.sample((50,), torch.tensor([0.5, 0.0]), seed=0)
+    assert s.shape == (50, 2) and ((s[:, 0] >= 0) & (s[:, 0] <= 1)).all()
+    one = tiny_fit(prior=[Uniform(0.0, 2.0)], simulate=lambda x: x**2)  # D = 1: the exact spline flow
+    s = one.sample((50,), torch.tensor([1.0]), seed=0)
+    assert s.shape == (50, 1) and ((s >= 0) & (s <= 2)).all()
+    assert torch.isfinite(one.log_prob(s, torch.tensor([1.0]))).all()
+
+
+def test_numpy_simulator_works():
+    inputs = []
+
+    def numpy_sim(x):
+        inputs.append(type(x))
+        y = x.copy()  # numpy only: a torch tensor has no .copy(), so fit_posterior switches to numpy input
+        y[:, 0] += 0.5 * x[:, 1]
+        return y + 0.01 * np.random.randn(len(x), 2)
+
+    post = tiny_fit(simulate=numpy_sim)
+    assert post.sample((4,), np.array([0.5, 0.5])).shape == (4, 2)
+    assert inputs[-1] is np.ndarray
+
+
+def test_simulator_object_metadata_and_names():
+    sim = get_simulator("inverse_kinematics")
+    post = tiny_fit(simulate=sim, prior=None)
+    assert post.param_names == sim.param_names
+    meta = post.metadata
+    assert meta["data"]["simulator"] == "inverse_kinematics" and meta["data"]["simulator_config"] == sim.config()
+    assert isinstance(post.history, list) and len(post.history) == 3 and "val_loss" in post.history[0]
+    assert meta["history"][0]["nll_per_dim"] == post.history[0]["nll_per_dim"]
+
+
+# -- reproducibility and resumption -------------------------------------------------------------------------------
+def test_same_seed_same_weights():
+    a, b, c = tiny_fit(seed=3), tiny_fit(seed=3), tiny_fit(seed=4)
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = {**TINY, "train": {"epochs": 5, "batch_size": 64, "patience": None}}
+    full = tiny_fit(config=cfg, seed=1, checkpoint_dir=tmp_path / "full")
+
+    real_run_epoch, calls = train_module._run_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_fit(config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
+    monkeypatch.setattr(train_module, "_run_epoch", real_run_epoch)
+    resumed = tiny_fit(config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
+    wf, wr = weights(full), weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [h["epoch"] for h in resumed.history] == list(range(5))
+    with pytest.raises(ValueError, match="different fit"):
+        tiny_fit(config=cfg, seed=2, checkpoint_dir=tmp_path / "resumed")
+
+
+# -- data files ---------------------------------------------------------------------------------------------------
+def test_data_file_round_trip(tmp_path):
+    pytest.importorskip("sbi_inn.data")
+    path = tmp_path / "sims.h5"
+    prior = [Uniform(0.0, 1.0), Normal(0.0, 1.0)]
+    with_sim = tiny_fit(prior=prior, data=path, seed=0)
+    assert path.is_file() and with_sim.metadata["data"]["source"] == "hdf5"
+    from_file = fit_posterior(data=path, config=TINY, show_progress=False, seed=0)
+    # names and the support come from the file: samples stay in [0, 1] in the first coordinate
+    assert from_file.param_names == with_sim.param_names
+    s = from_file.sample((200,), torch.tensor([0.5, 0.0]), seed=0)
+    assert ((s[:, 0] >= 0) & (s[:, 0] <= 1)).all()
+    assert from_file.model.config()["support_high"] == [1.0, None]
+    wa, wb = weights(with_sim), weights(from_file)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same rows, same seed: same model
+    with pytest.raises(TypeError, match="num_simulations"):
+        fit_posterior(data=path, num_simulations=10, show_progress=False)
+    # a file larger than max_memory_bytes is streamed from disk through HDF5Dataset
+    streamed = fit_posterior(data=path, config={**TINY, "max_memory_bytes": 1}, show_progress=False, seed=0)
+    assert streamed.metadata["data"]["num_train"] + streamed.metadata["data"]["num_val"] == 300
+    assert torch.isfinite(streamed.sample((10,), torch.tensor([0.5, 0.0]), seed=0)).all()
+
+
+def test_set_valued_fit_runs():
+    set_sim = pytest.importorskip("simulators.set_valued")
+    sim = set_sim.ConjugateGaussianSets(max_size=8)
+    post = tiny_fit(simulate=sim, prior=None)
+    assert post.is_set_valued and post.model.summary_kind == "deepset"
+    y, sizes = sim.simulate(sim.prior.sample((3,)), generator=torch.Generator().manual_seed(0))
+    assert post.sample_batched((5,), y, sizes=sizes, seed=0).shape == (5, 3, 2)
+    assert (post.sample((100,), y[0, : sizes[0]], seed=0)[:, 1] > 0).all()  # sigma2 > 0
+
+
+def test_inn_dispatch():
+    pytest.importorskip("sbi_inn.inn")
+    cfg = {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 2, "batch_size": 64}}
+    post = tiny_fit(method="inn", config=cfg)
+    assert post.model.config()["type"] == "inn"
+    assert post.sample((7,), torch.tensor([0.5, 0.5]), seed=0).shape == (7, 2)
+    with pytest.raises(ValueError, match="cinn"):
+        tiny_fit(method="inn", summary="mlp", config=cfg)
+
+
+# -- short trainings on known answers -----------------------------------------------------------------------------
+def short_config(blocks: int, epochs: int) -> FitConfig:
+    return FitConfig(flow=FlowConfig(num_blocks=blocks, hidden=64, num_layers=2), summary_dim=8, summary_hidden=32,
+                     train=dict(epochs=epochs, batch_size=128, lr=2e-3, lr_final=1e-4, patience=None))
+
+
+def test_short_training_gaussian_mixture_finds_the_modes():
+    sim = get_simulator("gaussian_mixture")
+    post = fit_posterior(sim, sim.prior, num_simulations=4000, config=short_config(6, 60), seed=0,
+                         show_progress=False)
+    Y = torch.eye(4)
+    samples = post.sample_batched((1000,), Y, seed=1)
+    for label in range(4):
+        s = samples[:, label]
+        d = torch.cdist(s, sim.means)
+        near = d.min(1).values < 3 * sim.sigma
+        right = sim._label_of[d.argmin(1)] == label
+        assert (near & right).float().mean() > 0.85, f"label {label}"
+
+
+def test_short_training_inverse_kinematics_resimulates():
+    sim = get_simulator("inverse_kinematics")
+    post = fit_posterior(sim, sim.prior, num_simulations=4000, config=short_config(4, 30), seed=0,
+                         show_progress=False)
+    gen = torch.Generator().manual_seed(5)
+    x_true = sim.sample_prior(20, generator=gen)
+    Y = sim.simulate(x_true)
+    S = post.sample_batched((200,), Y, seed=0)
+    err = (sim.simulate(S.reshape(-1, 4)).reshape(200, 20, 2) - Y).norm(dim=-1).mean()
+    prior_err = (sim.simulate(sim.sample_prior(4000, generator=gen)).reshape(200, 20, 2) - Y).norm(dim=-1).mean()
+    assert err < 0.25 * prior_err, (err, prior_err)
+
+
+def test_fit_warns_nothing_for_clean_simulators():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_fit(prior=Independent(Normal(torch.zeros(2), torch.ones(2)), 1))
+
+
+# -- slow statistical tests (pytest -m slow) -----------------------------------------------------------------------
+def c2st_score(a, b):
+    from sbi_inn.diagnostics.two_sample import c2st
+
+    return c2st(a, b, seed=0, early_stopping=True)
+
+
+@pytest.mark.slow
+def test_gaussian_mixture_matches_the_exact_posterior():
+    sim = get_simulator("gaussian_mixture")
+    post = fit_posterior(sim, sim.prior, num_simulations=10_000, seed=0, show_progress=False)
+    gen = torch.Generator().manual_seed(0)
+    scores = []
+    for label, y in enumerate(torch.eye(4)):
+        ref = sim.sample_posterior(y, 2000, generator=gen)
+        scores.append(c2st_score(post.sample((2000,), y, seed=label), ref))
+    print("gaussian mixture C2ST per label:", [round(s, 3) for s in scores], "epochs:", len(post.history))
+    assert max(scores) < 0.6, scores
+
+
+@pytest.mark.slow
+def test_one_model_for_all_set_sizes_matches_the_conjugate_posterior():
+    set_sim = pytest.importorskip("simulators.set_valued")
+    sim = set_sim.ConjugateGaussianSets(min_size=1, max_size=100)
+    cfg = FitConfig(summary_hidden=64)
+    post = fit_posterior(sim, None, num_simulations=20_000, config=cfg, seed=0, show_progress=False)
+    gen = torch.Generator().manual_seed(1)
+    scores = {}
+    for K in (1, 10, 100):  # one amortised model, three observations per set size
+        scores[K] = []
+        for _ in range(3):
+            y, _ = sim.simulate(sim.sample_prior(1, generator=gen), sizes=K, generator=gen)
+            ref = sim.sample_posterior(y[0], 2000, generator=gen)
+            scores[K].append(c2st_score(post.sample((2000,), y[0], seed=K), ref))
+    print("conjugate sets C2ST by set size:", {k: [round(v, 3) for v in s] for k, s in scores.items()},
+          "epochs:", len(post.history), "seconds:", round(post.metadata["train_seconds"]))
+    for K, s in scores.items():
+        assert sum(s) / len(s) < 0.6 and max(s) < 0.65, (K, s)
+
+
+@pytest.mark.slow
+def test_inverse_kinematics_resimulation_error_with_defaults():
+    sim = get_simulator("inverse_kinematics")
+    post = fit_posterior(sim, sim.prior, num_simulations=10_000, seed=0, show_progress=False)
+    gen = torch.Generator().manual_seed(5)
+    Y = sim.simulate(sim.sample_prior(200, generator=gen))
+    S = post.sample_batched((500,), Y, seed=0)
+    err = (sim.simulate(S.reshape(-1, 4)).reshape(500, 200, 2) - Y).norm(dim=-1).mean().item()
+    prior_err = (sim.simulate(sim.sample_prior(500, generator=gen))[:, None] - Y).norm(dim=-1).mean().item()
+    print(f"inverse kinematics re-simulation error {err:.4f} (prior {prior_err:.4f}), epochs {len(post.history)}")
+    assert err < 0.1 * prior_err

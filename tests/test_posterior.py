@@ -1,0 +1,183 @@
+"""The Posterior wrapper through a trained small cINN on a linear-Gaussian problem with a known posterior.
+
+Prior ``x ~ N(0, I_2)``, observation ``y = x + 0.5 eps``: the posterior is ``N(0.8 y, 0.2 I)``.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+from sbi_inn.cinn import ConditionalINN
+from sbi_inn.fit import FitConfig, fit_posterior
+from sbi_inn.flows import FlowConfig
+from sbi_inn.posterior import FORMAT_VERSION, Posterior, load_posterior
+
+PRIOR = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+POST_MEAN, POST_STD = 0.8, math.sqrt(0.2)
+
+
+def linear_gaussian(x, generator=None):
+    return x + 0.5 * torch.randn(x.shape, generator=generator)
+
+
+linear_gaussian.param_names = ["a", "b"]
+
+
+@pytest.fixture(scope="module")
+def posterior():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models train many times faster on one thread on a busy machine
+    try:
+        cfg = FitConfig(flow=FlowConfig(num_blocks=4, hidden=32, num_layers=2), summary_dim=8, summary_hidden=32,
+                        train=dict(epochs=30, batch_size=128, lr=2e-3, lr_final=1e-4, patience=None))
+        return fit_posterior(linear_gaussian, PRIOR, num_simulations=3000, config=cfg, seed=0, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+
+
+Y_OBS = torch.tensor([1.0, -0.5])
+
+
+def test_shapes(posterior):
+    assert posterior.sample((10,), Y_OBS).shape == (10, 2)
+    assert posterior.sample(10, Y_OBS[None]).shape == (10, 2)  # an int and a (1, M) observation work too
+    Y = torch.randn(5, 2)
+    assert posterior.sample_batched((7,), Y).shape == (7, 5, 2)
+    x = torch.randn(9, 2)
+    assert posterior.log_prob(x, Y_OBS).shape == (9,)
+    assert posterior.log_prob(x, torch.randn(9, 2)).shape == (9,)
+    assert posterior.map(Y_OBS, num_samples=256).shape == (2,)
+    assert posterior.param_names == ["a", "b"]
+
+
+def test_sample_matches_the_known_posterior(posterior):
+    s = posterior.sample((4000,), Y_OBS, seed=0)
+    torch.testing.assert_close(s.mean(0), POST_MEAN * Y_OBS, atol=0.08, rtol=0)
+    assert ((s.std(0) / POST_STD - 1).abs() < 0.15).all()
+    exact = Independent(Normal(POST_MEAN * Y_OBS, POST_STD * torch.ones(2)), 1)
+    x = exact.sample((200,))
+    assert (posterior.log_prob(x, Y_OBS) - exact.log_prob(x)).abs().median() < 0.2
+
+
+def test_sample_batched_chunking_equals_unchunked(posterior):
+    Y = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    full = posterior.sample_batched((50,), Y, seed=3)
+    chunked = posterior.sample_batched((50,), Y, seed=3, max_rows=100)  # 2 observations per chunk
+    # the same latent draws; only float rounding of different batch sizes in the matrix products differs
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    out = torch.empty(50, 7, 2)
+    assert posterior.sample_batched((50,), Y, seed=3, max_rows=150, out=out) is out
+    torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-5)
+    # a single observation through sample() draws the same as through sample_batched()
+    single = posterior.sample((50,), Y[0], seed=3)
+    torch.testing.assert_close(single, posterior.sample_batched((50,), Y[:1], seed=3)[:, 0])
+    # splitting the samples of one observation (n > max_rows) still gives fresh, valid draws
+    split = posterior.sample_batched((50,), Y[:2], seed=3, max_rows=20)
+    assert torch.isfinite(split).all() and split[:, 0].unique(dim=0).shape[0] == 50
+    assert not torch.equal(posterior.sample((50,), Y[0], seed=3), posterior.sample((50,), Y[0], seed=4))
+
+
+def test_errors_for_bad_inputs(posterior):
+    with pytest.raises(ValueError, match="shape"):
+        posterior.sample((5,), torch.zeros(3))
+    with pytest.raises(ValueError, match="sample_batched"):
+        posterior.sample((5,), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        posterior.sample((5,), torch.tensor([math.nan, 0.0]))
+    with pytest.raises(ValueError, match=r"\(B, \*\(2,\)\)"):
+        posterior.sample_batched((5,), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        posterior.sample_batched((5,), torch.tensor([[0.0, 0.0], [math.inf, 0.0]]))
+    with pytest.raises(ValueError, match="sample_shape"):
+        posterior.sample((0,), Y_OBS)
+    with pytest.raises(ValueError, match="sample_shape"):
+        posterior.sample((2, 3), Y_OBS)
+    with pytest.raises(ValueError, match="x must have shape"):
+        posterior.log_prob(torch.zeros(4, 3), Y_OBS)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        posterior.log_prob(torch.tensor([[math.nan, 0.0]]), Y_OBS)
+    with pytest.raises(ValueError, match="rows"):
+        posterior.log_prob(torch.zeros(4, 2), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="sizes"):
+        posterior.sample((5,), Y_OBS, sizes=3)
+    with pytest.raises(ValueError, match="out must have shape"):
+        posterior.sample_batched((5,), torch.zeros(2, 2), out=torch.empty(5, 3, 2))
+
+
+def test_save_load_gives_identical_samples(posterior, tmp_path):
+    path = posterior.save(tmp_path / "sub" / "lg.sbi")
+    loaded = load_posterior(path, device="cpu")
+    Y = torch.randn(3, 2)
+    torch.testing.assert_close(loaded.sample_batched((20,), Y, seed=1), posterior.sample_batched((20,), Y, seed=1),
+                               rtol=0, atol=0)
+    x = torch.randn(6, 2)
+    torch.testing.assert_close(loaded.log_prob(x, Y_OBS), posterior.log_prob(x, Y_OBS), rtol=0, atol=0)
+    assert loaded.param_names == posterior.param_names and loaded.device.type == "cpu"
+    assert loaded.metadata["history"] == json.loads(json.dumps(posterior.metadata["history"]))
+    assert "cinn" in repr(loaded)
+
+
+def test_corrupted_or_foreign_files_raise_value_error(posterior, tmp_path):
+    path = posterior.save(tmp_path / "good.sbi")
+    raw = path.read_bytes()
+    (tmp_path / "truncated.sbi").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "garbage.sbi").write_bytes(b"not a posterior at all")
+    for name in ("truncated.sbi", "garbage.sbi"):
+        with pytest.raises(ValueError, match="not a readable sbi_inn posterior"):
+            load_posterior(tmp_path / name)
+    blob = torch.load(path, weights_only=True)
+    header = json.loads(blob["header"])
+    header["format_version"] = FORMAT_VERSION + 1
+    torch.save({"header": json.dumps(header), "state_dict": blob["state_dict"]}, tmp_path / "future.sbi")
+    with pytest.raises(ValueError, match="format"):
+        load_posterior(tmp_path / "future.sbi")
+    header["format_version"], header["format"] = FORMAT_VERSION, "something.else"
+    torch.save({"header": json.dumps(header), "state_dict": blob["state_dict"]}, tmp_path / "foreign.sbi")
+    with pytest.raises(ValueError, match="not an sbi_inn posterior"):
+        load_posterior(tmp_path / "foreign.sbi")
+    header["format"] = "sbi_inn.posterior"
+    state = dict(blob["state_dict"])
+    state.pop(next(iter(state)))
+    torch.save({"header": json.dumps(header), "state_dict": state}, tmp_path / "missing.sbi")
+    with pytest.raises(ValueError, match="weights do not match"):
+        load_posterior(tmp_path / "missing.sbi")
+    with pytest.raises(FileNotFoundError):
+        load_posterior(tmp_path / "absent.sbi")
+
+
+def test_to_dataframe(posterior):
+    df = posterior.to_dataframe(posterior.sample((6,), Y_OBS))
+    assert list(df.columns) == ["a", "b"] and len(df) == 6
+    dfb = posterior.to_dataframe(posterior.sample_batched((6,), torch.randn(3, 2)))
+    assert list(dfb.columns) == ["observation", "a", "b"] and len(dfb) == 18
+    assert sorted(dfb["observation"].unique().tolist()) == [0, 1, 2]
+    with pytest.raises(ValueError):
+        posterior.to_dataframe(torch.zeros(2))
+
+
+@pytest.mark.parametrize("method", ["meanshift", "gradient"])
+def test_map_on_a_unimodal_posterior(posterior, method):
+    x_map = posterior.map(Y_OBS, method=method, num_samples=2048)
+    torch.testing.assert_close(x_map, POST_MEAN * Y_OBS, atol=0.15, rtol=0)
+
+
+def test_set_valued_list_input_equals_padded_input(gen):
+    torch.manual_seed(0)
+    model = ConditionalINN(2, (1,), is_set_valued=True, flow=FlowConfig(num_blocks=2, hidden=8), summary_dim=4,
+                           summary_hidden=8)
+    post = Posterior(model, param_names=["mu", "s"], obs_shape=(1,), is_set_valued=True)
+    sets = [torch.randn(k, 1, generator=gen) for k in (3, 1, 5)]
+    padded = torch.zeros(3, 5, 1)
+    for i, s in enumerate(sets):
+        padded[i, : len(s)] = s
+    a = post.sample_batched((4,), sets, seed=0)
+    b = post.sample_batched((4,), padded, sizes=torch.tensor([3, 1, 5]), seed=0)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(post.sample((4,), sets[0], seed=0), a[:, 0])
+    with pytest.raises(ValueError, match="sizes"):
+        post.sample_batched((4,), padded, sizes=torch.tensor([3, 0, 5]))

@@ -1,0 +1,94 @@
+"""Summary networks: shapes, deep-set permutation and padding invariance, dependence on the set size."""
+
+import pytest
+import torch
+
+from sbi_inn.cinn import ConditionalINN
+from sbi_inn.flows import FlowConfig
+from sbi_inn.summary import DeepSetSummary, MLPSummary
+
+
+@pytest.fixture
+def deepset():
+    torch.manual_seed(0)
+    return DeepSetSummary(3, 5, hidden=16, num_layers=2).eval()
+
+
+def test_mlp_summary_shapes_and_flattening():
+    net = MLPSummary(6, 4, hidden=8, num_layers=1)
+    assert net(torch.randn(7, 6)).shape == (7, 4)
+    assert net(torch.randn(7, 2, 3)).shape == (7, 4)  # observations of any shape are flattened
+    with pytest.raises(ValueError):
+        MLPSummary(0, 4)
+
+
+def test_deepset_permutation_invariance(deepset, gen):
+    y = torch.randn(4, 9, 3, generator=gen)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 5, 1, 7])[:, None]
+    out = deepset(y, mask)
+    for b, k in enumerate([9, 5, 1, 7]):
+        perm = torch.randperm(k, generator=gen)
+        y2 = y.clone()
+        y2[b, :k] = y[b, perm]
+        torch.testing.assert_close(deepset(y2, mask)[b], out[b], rtol=1e-5, atol=1e-6)
+
+
+def test_deepset_padding_invariance(deepset, gen):
+    y = torch.randn(3, 4, 3, generator=gen)
+    sizes = torch.tensor([4, 2, 3])
+    mask = torch.arange(4)[None, :] < sizes[:, None]
+    y = y * mask[..., None]
+    out = deepset(y, mask)
+    # more padded rows, filled with garbage (NaN included), change nothing
+    y_pad = torch.cat([y, 1e3 * torch.randn(3, 6, 3, generator=gen)], 1)
+    y_pad[:, -1] = float("nan")
+    y_pad[1, 2:4] = 7.0
+    mask_pad = torch.arange(10)[None, :] < sizes[:, None]
+    torch.testing.assert_close(deepset(y_pad, mask_pad), out, rtol=1e-5, atol=1e-6)
+
+
+def test_deepset_depends_on_set_size(deepset):
+    a = torch.tensor([[0.3, -1.0, 2.0]])
+    one = deepset(a[None], torch.ones(1, 1, dtype=torch.bool))
+    two = deepset(a.repeat(2, 1)[None], torch.ones(1, 2, dtype=torch.bool))  # same mean, twice the size
+    assert not torch.allclose(one, two)
+
+
+def test_deepset_shape_errors(deepset):
+    with pytest.raises(ValueError, match="DeepSetSummary"):
+        deepset(torch.randn(2, 4, 2), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="DeepSetSummary"):
+        deepset(torch.randn(2, 4, 3), torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_model_condition_on_sets_is_invariant(gen):
+    torch.manual_seed(1)
+    model = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=2, hidden=8), summary_dim=4,
+                           summary_hidden=8)
+    y = torch.randn(50, 6, 3, generator=gen)
+    sizes = torch.randint(1, 7, (50,), generator=gen)
+    model.fit_standardization(torch.randn(50, 2, generator=gen), y, sizes)
+    c = model.condition(y, sizes)
+    # padded entries are ignored even when they hold garbage and the padding grows
+    y2 = torch.cat([y, torch.randn(50, 3, 3, generator=gen)], 1)
+    torch.testing.assert_close(model.condition(y2, sizes), c, rtol=1e-5, atol=1e-6)
+    perm = torch.randperm(6, generator=gen)
+    full = torch.full((50,), 6)
+    torch.testing.assert_close(model.condition(y[:, perm], full), model.condition(y, full), rtol=1e-5, atol=1e-6)
+
+
+def test_custom_summary_module_is_used():
+    class Mean(torch.nn.Module):
+        out_dim = 3
+
+        def forward(self, y, mask):
+            w = mask[..., None].float()
+            return (y * w).sum(1) / w.sum(1)
+
+    model = ConditionalINN(2, (3,), is_set_valued=True, summary=Mean(), flow=FlowConfig(num_blocks=1, hidden=4))
+    c = model.condition(torch.ones(2, 4, 3), torch.tensor([1, 4]))
+    assert c.shape == (2, 3)
+    with pytest.raises(NotImplementedError, match="custom summary"):
+        model.config()
+    with pytest.raises(ValueError, match="out_dim"):
+        ConditionalINN(2, (3,), summary=torch.nn.Linear(3, 2))
