@@ -331,6 +331,8 @@ def _write_samples(path: Path, samples, posterior, attrs: dict) -> None:
     """Samples ``(n, B, D)`` to ``.npy``, ``.h5`` (dataset ``samples``) or ``.csv`` (long format), atomically."""
     import numpy as np
 
+    from sbi_inn.data import write_samples_hdf5
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     suffix = path.suffix.lower()
@@ -341,14 +343,7 @@ def _write_samples(path: Path, samples, posterior, attrs: dict) -> None:
     elif suffix == ".csv":
         posterior.to_dataframe(samples).to_csv(tmp, index=False)
     else:
-        import h5py
-
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("samples", data=array, chunks=True, compression="lzf", shuffle=True)
-            f.attrs["param_names"] = list(posterior.param_names)
-            f.attrs["layout"] = "(num_samples, num_observations, num_parameters)"
-            for key, value in attrs.items():
-                f.attrs[key] = value
+        write_samples_hdf5(tmp, array, param_names=posterior.param_names, attrs=attrs)
     tmp.replace(path)
 
 

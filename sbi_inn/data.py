@@ -809,3 +809,16 @@ def _now() -> str:
 
 
 __all__ = ["HDF5Dataset", "simulate_to_hdf5", "load_hdf5", "hdf5_info", "chunk_seeds", "split_indices"]
+
+
+def write_samples_hdf5(path, samples, *, param_names, attrs: dict | None = None) -> None:
+    """Write posterior samples ``(n, B, D)`` to ``path`` as dataset ``samples`` with ``param_names`` attributes."""
+    samples = np.asarray(samples)
+    if samples.ndim != 3 or samples.shape[-1] != len(param_names):
+        raise ValueError(f"samples must have shape (n, B, {len(param_names)}), got {samples.shape}")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("samples", data=samples, chunks=True, compression="lzf", shuffle=True)
+        f.attrs["param_names"] = list(param_names)
+        f.attrs["layout"] = "(num_samples, num_observations, num_parameters)"
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
