@@ -1,0 +1,386 @@
+"""The bidirectional INN of thesis ch. 4: an invertible map ``x -> [y, z]`` trained on the forward process.
+
+One unconditional coupling flow ``f`` of nominal width ``N`` maps (standardised) parameters ``x`` to the
+(standardised) observation ``y`` and latent variables ``z ~ N(0, I_K)``; its exact inverse ``g = f^-1`` samples the
+posterior, ``x = g(y*, z)`` (eqs. 4.1-4.2). When ``D < M + K`` the input is padded with zeros to ``N``, when
+``M + K < D`` the output is (thesis 4.1.1)::
+
+    input  (N): [ x (D) | x-padding (N - D) ]
+    output (N): [ y (M) | z (K) | y-padding (N - M - K) ]
+
+Training (thesis 4.1.2-4.1.3, one optimizer step on the sum of all terms, forward and backward passes together):
+
+- ``L_y = E ||f_y(x) - y||^2`` (squared loss; one-hot labels are regressed directly, as in thesis 4.2.1);
+- ``L_z = MMD([f_y(x), f_z(x)], [y, z])`` with ``z ~ N(0, I)`` and the gradient blocked through ``f_y(x)``;
+- ``L_x = MMD(g_x(y, z), x)``: backward samples for the batch's ``y`` and fresh ``z`` against the batch's ``x``;
+- ``L_pad``: squared loss pulling the y-padding outputs and the x-padding of backward samples to zero;
+- ``L_rec = E ||g_x(f_y(x), f_z(x), noise) - x||^2``: an inverse pass with fresh noise in the y-padding, so the
+  padding carries no information.
+
+All distances live in the standardised space: ``x`` is mapped to an unconstrained space with the prior's support
+transform (so samples always lie inside the support) and standardised, ``y`` is standardised. During training the
+x-padding inputs and the y-padding of inverse passes carry Gaussian noise of std ``pad_noise`` (so the network
+learns to ignore them, thesis 4.1.2 b), and ``y`` gets noise of std ``y_noise`` (standardised units; it smooths
+discrete observations such as one-hot labels for the MMD); when sampling, both paddings are exactly 0.
+
+References:
+    thesis ``002_e718d3c52e134117.txt`` 4.1 (method), B.1 (proof that ``L_y = L_z = 0`` gives the posterior,
+    and ``L_x`` then vanishes too), B.5.1-B.5.2 (architectures), B.5.4 (kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from sbi_inn.flows import CouplingFlow, FlowConfig
+from sbi_inn.losses import DEFAULT_WIDTHS, KERNELS, mmd
+from sbi_inn.posterior import Posterior
+from sbi_inn.train import TrainConfig, train
+from sbi_inn.transforms import Standardize, SupportTransform
+
+
+@dataclass(frozen=True)
+class INNConfig:
+    """Settings of the bidirectional INN (architecture, loss weights, optimisation).
+
+    Attributes:
+        latent_dim: ``K``; ``None`` picks ``D - M`` when ``deterministic`` and that is >= 1, else ``D``.
+        deterministic: whether ``y = s(x)`` is deterministic (then ``y`` removes ``M`` degrees of freedom).
+        nominal_dim: ``N >= max(D, M + K)``; ``None`` uses ``max(D, M + K, 2)`` (more padding widens the flow).
+        w_y, w_z, w_x, w_pad, w_rec: weights of ``L_y``, ``L_z``, ``L_x``, ``L_pad`` and ``L_rec`` (thesis 4.1.3:
+            chosen so that the terms have about equal effect).
+        x_ramp_epochs: ``w_x`` grows linearly from 0 over this many epochs (0: constant), letting the forward
+            losses shape the model before ``L_x`` pulls towards the prior. Validation always uses the full ``w_x``.
+        kernel, widths: MMD kernel (``sbi_inn.losses.KERNELS``) and widths for ``L_z`` (standardised units).
+        kernel_x, widths_x: the same for ``L_x`` (``None``: as for ``L_z``).
+        y_noise: std of the Gaussian noise added to standardised ``y`` during training.
+        pad_noise: std of the noise written into padding dimensions during training.
+        flow: the coupling-flow architecture.
+        train: optimisation settings (Adam, decaying learning rate, clipping; ``sbi_inn.train``).
+    """
+
+    latent_dim: int | None = None
+    deterministic: bool = False
+    nominal_dim: int | None = None
+    w_y: float = 1.0
+    w_z: float = 50.0
+    w_x: float = 50.0
+    w_pad: float = 1.0
+    w_rec: float = 1.0
+    x_ramp_epochs: int = 0
+    kernel: str = "imq"
+    widths: tuple[float, ...] = DEFAULT_WIDTHS
+    kernel_x: str | None = None
+    widths_x: tuple[float, ...] | None = None
+    y_noise: float = 1e-3
+    pad_noise: float = 1e-2
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(float(h) for h in self.widths))
+        if self.widths_x is not None:
+            object.__setattr__(self, "widths_x", tuple(float(h) for h in self.widths_x))
+        for name in ("w_y", "w_z", "w_x", "w_pad", "w_rec", "y_noise", "pad_noise"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"INNConfig: {name} must be >= 0, got {getattr(self, name)}")
+        for kernel in (self.kernel, self.kernel_x):
+            if kernel is not None and kernel not in KERNELS:
+                raise ValueError(f"INNConfig: unknown kernel {kernel!r}; known: {sorted(KERNELS)}")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise ValueError(f"INNConfig: latent_dim must be >= 1, got {self.latent_dim}")
+        if self.x_ramp_epochs < 0:
+            raise ValueError(f"INNConfig: x_ramp_epochs must be >= 0, got {self.x_ramp_epochs}")
+        if isinstance(self.flow, dict):
+            object.__setattr__(self, "flow", FlowConfig(**self.flow))
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig(**self.train))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> INNConfig:
+        """Build from a (possibly nested) dict; unknown keys raise ``TypeError``."""
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dims(self, param_dim: int, obs_dim: int) -> tuple[int, int]:
+        """``(K, N)`` for ``D = param_dim`` and ``M = obs_dim``."""
+        k = self.latent_dim
+        if k is None:
+            k = param_dim - obs_dim if self.deterministic and param_dim - obs_dim >= 1 else param_dim
+        n = max(param_dim, obs_dim + k, 2) if self.nominal_dim is None else self.nominal_dim
+        if n < max(param_dim, obs_dim + k):
+            raise ValueError(f"INNConfig: nominal_dim {n} < max(D={param_dim}, M + K={obs_dim + k})")
+        return k, n
+
+
+def _bound_list(t: Tensor) -> list:
+    return [float(v) if math.isfinite(float(v)) else None for v in t]
+
+
+def _bound_tensor(values: Sequence, fill: float) -> Tensor:
+    return torch.tensor([fill if v is None else float(v) for v in values], dtype=torch.float32)
+
+
+class BidirectionalINN(nn.Module):
+    """Invertible ``[x, pad] <-> [y, z, pad]`` with standardisation and support transform as buffers.
+
+    Args:
+        param_dim: ``D``. obs_dim: ``M``. latent_dim: ``K``. nominal_dim: ``N >= max(D, M + K)``.
+        flow: coupling-flow architecture.
+        lo, hi: prior support bounds ``(D,)`` (``None`` or inf where unbounded).
+        pad_noise, y_noise: training noise levels (see the module docstring); kept with the model.
+
+    Implements the model protocol of ``sbi_inn.posterior``; the condition is the standardised observation.
+
+    Example:
+        >>> inn = BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, flow=FlowConfig(num_blocks=2, hidden=16))
+        >>> inn.sample_given(inn.condition(torch.eye(4)[:1], None), 5, torch.Generator()).shape
+        torch.Size([5, 1, 2])
+    """
+
+    def __init__(self, param_dim: int, obs_dim: int, *, latent_dim: int, nominal_dim: int,
+                 flow: FlowConfig | dict | None = None, lo: Tensor | None = None, hi: Tensor | None = None,
+                 pad_noise: float = 1e-2, y_noise: float = 1e-3):
+        super().__init__()
+        if nominal_dim < max(param_dim, obs_dim + latent_dim):
+            raise ValueError(f"BidirectionalINN: nominal_dim {nominal_dim} < max(D={param_dim}, "
+                             f"M + K={obs_dim + latent_dim})")
+        self.D, self.M, self.K, self.N = int(param_dim), int(obs_dim), int(latent_dim), int(nominal_dim)
+        self.flow_config = flow if isinstance(flow, FlowConfig) else FlowConfig(**(flow or {}))
+        self.pad_noise, self.y_noise = float(pad_noise), float(y_noise)
+        self.flow = CouplingFlow(self.N, 0, self.flow_config)
+        lo = torch.full((self.D,), -math.inf) if lo is None else torch.as_tensor(lo, dtype=torch.float32)
+        hi = torch.full((self.D,), math.inf) if hi is None else torch.as_tensor(hi, dtype=torch.float32)
+        self.support = SupportTransform(lo, hi)
+        self.x_norm = Standardize(self.D)
+        self.y_norm = Standardize(self.M)
+        # optimizer steps taken so far (drives the L_x ramp; a buffer, so checkpoints resume it)
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+
+    # -- construction / persistence ---------------------------------------------------------------------------
+    @property
+    def param_dim(self) -> int:
+        return self.D
+
+    def config(self) -> dict:
+        return {"type": "inn", "param_dim": self.D, "obs_dim": self.M, "latent_dim": self.K,
+                "nominal_dim": self.N, "flow": self.flow_config.to_dict(), "lo": _bound_list(self.support.lo),
+                "hi": _bound_list(self.support.hi), "pad_noise": self.pad_noise, "y_noise": self.y_noise}
+
+    @classmethod
+    def from_config(cls, config: dict) -> BidirectionalINN:
+        c = dict(config)
+        if c.pop("type", "inn") != "inn":
+            raise ValueError(f"BidirectionalINN.from_config: not an 'inn' config: {config.get('type')!r}")
+        lo, hi = _bound_tensor(c.pop("lo"), -math.inf), _bound_tensor(c.pop("hi"), math.inf)
+        return cls(c.pop("param_dim"), c.pop("obs_dim"), lo=lo, hi=hi, flow=FlowConfig(**c.pop("flow")), **c)
+
+    @torch.no_grad()
+    def fit_normalization(self, x: Tensor, y: Tensor) -> BidirectionalINN:
+        """Fit the standardisation of ``x`` (in the unconstrained space) and ``y`` to training data."""
+        self.x_norm.fit(self.support.inverse(x))
+        self.y_norm.fit(y)
+        return self
+
+    # -- the two directions in the internal (standardised, padded) space ------------------------------------------
+    def encode_x(self, x: Tensor) -> Tensor:
+        """Parameters ``(n, D)`` -> standardised unconstrained coordinates ``(n, D)``."""
+        return self.x_norm(self.support.inverse(x))
+
+    def decode_x(self, u: Tensor) -> Tensor:
+        """Standardised unconstrained coordinates ``(n, D)`` -> parameters inside the support ``(n, D)``."""
+        return self.support(self.x_norm.inverse(u))
+
+    def pad_x(self, u: Tensor, noise: float = 0.0) -> Tensor:
+        """``[u, pad]`` of width ``N`` (pad: zeros, or Gaussian noise of std ``noise``)."""
+        return torch.cat([u, noise * torch.randn(u.shape[0], self.N - self.D, device=u.device, dtype=u.dtype)], 1)
+
+    def join_yz(self, y: Tensor, z: Tensor, noise: float = 0.0) -> Tensor:
+        """``[y, z, pad]`` of width ``N``."""
+        pad = noise * torch.randn(y.shape[0], self.N - self.M - self.K, device=y.device, dtype=y.dtype)
+        return torch.cat([y, z, pad], 1)
+
+    def split_yz(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Output ``(n, N)`` -> ``(y (n, M), z (n, K), pad (n, N - M - K))``."""
+        return v[:, : self.M], v[:, self.M : self.M + self.K], v[:, self.M + self.K :]
+
+    def forward(self, x_padded: Tensor) -> tuple[Tensor, Tensor]:
+        """``f``: ``[x, pad] (n, N) -> ([y, z, pad] (n, N), log|det J| (n,))`` in the internal space."""
+        return self.flow(x_padded)
+
+    def inverse(self, yz_padded: Tensor) -> tuple[Tensor, Tensor]:
+        """``g = f^-1``: ``[y, z, pad] (n, N) -> ([x, pad] (n, N), log|det J_g| (n,))`` in the internal space."""
+        return self.flow.inverse(yz_padded)
+
+    # -- posterior protocol ---------------------------------------------------------------------------------------
+    def condition(self, y: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """Standardised observations ``(B, M)``."""
+        if sizes is not None:
+            raise ValueError("BidirectionalINN does not take set-valued observations")
+        return self.y_norm(y)
+
+    def latent_to_x(self, c: Tensor, z: Tensor) -> Tensor:
+        """Parameters ``x = g_x(y, z)`` ``(n, D)`` for conditions ``c = condition(y)`` and latents ``z``, each with
+        ``n`` rows, y-padding 0 (e.g. to map a grid of ``z``, thesis Fig. 4.5)."""
+        return self.decode_x(self.inverse(self.join_yz(c, z))[0][:, : self.D])
+
+    def sample_given(self, c: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` posterior samples per condition: ``x = g(y, z)``, ``z ~ N(0, I)``, padding 0; ``(n, B, D)``."""
+        B = c.shape[0]
+        z = torch.randn(n, B, self.K, generator=generator, device=c.device, dtype=c.dtype).reshape(n * B, self.K)
+        return self.latent_to_x(c.repeat(n, 1), z).reshape(n, B, self.D)
+
+    def log_prob_given(self, x: Tensor, c: Tensor) -> Tensor:
+        """Not available: the bidirectional INN gives samples, not densities.
+
+        The sampler pushes ``N(0, I_K)`` through ``z -> g_x(y, z, 0)``, a map ``R^K -> R^D``, and no configuration
+        makes that an exact change of variables:
+
+        - ``K < D`` (a deterministic forward model, e.g. inverse kinematics with ``K = D - M``): ``q(x|y)`` lives on
+          a ``K``-dimensional manifold and has no density on ``R^D`` (thesis 4.1.1: the true posterior is singular
+          too, which is why this model is not trained by maximum likelihood).
+        - ``K = D`` (e.g. the Gaussian mixture, where ``y`` is a discrete label): this needs x-padding
+          (``N >= M + K > D``). The full map ``[x, pad] <-> [y, z, pad]`` is bijective, but its restriction to
+          ``y = y*``, zero padding, read on the ``x`` coordinates only, is a bijection only when training has made
+          the padding carry no information exactly; in practice it folds (the Jacobian ``dg_x/dz`` changes sign),
+          so ``log N(z) - log|det dg_x/dz|`` at one preimage is not the sampler's density, and the forward pass does
+          not even give that preimage (``f([x, 0]) != [y*, z, 0]``).
+
+        Use samples (``sample``, ``map`` with mean-shift, the diagnostics), or ``method="cinn"`` for densities.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(
+            f"log_prob is not available for the bidirectional INN (method='inn'): its posterior q(x|y) is the "
+            f"push-forward of a {self.K}-dimensional latent through g(y, z) and has no exact density for "
+            f"D={self.D} parameters (K < D: a singular posterior on a manifold, thesis 4.1.1; K = D: the padded "
+            "map restricted to fixed y is not an exact bijection). Use samples (sample, map with the mean-shift "
+            "method) or method='cinn', which has an exact density.")
+
+
+def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig) -> dict[str, Tensor]:
+    """The unweighted loss terms of thesis 4.1.2 for a batch ``x (B, D)``, ``y (B, M)`` (see module docstring).
+
+    Returns:
+        dict with scalar tensors ``y``, ``z``, ``x``, ``pad`` and ``rec`` (zero where a term does not apply).
+    """
+    D, M, K, N = model.D, model.M, model.K, model.N
+    kernel_x = config.kernel_x or config.kernel
+    widths_x = config.widths_x or config.widths
+    u = model.encode_x(x)
+    ys = model.y_norm(y)
+    ys = ys + config.y_noise * torch.randn_like(ys)
+    zero = u.new_zeros(())
+
+    # forward pass: L_y, L_z (gradient blocked through f_y), padding of the output kept at zero
+    out = model(model.pad_x(u, config.pad_noise))[0]
+    fy, fz, fpad = model.split_yz(out)
+    l_y = ((fy - ys) ** 2).sum(-1).mean()
+    z = torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
+    l_z = mmd(torch.cat([fy.detach(), fz], 1), torch.cat([ys, z], 1), kernel=config.kernel, widths=config.widths)
+    l_pad = (fpad**2).sum(-1).mean() if N > M + K else zero
+
+    # backward pass: L_x on backward samples for the batch's y; their x-padding kept at zero
+    zb = torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
+    xb = model.inverse(model.join_yz(ys, zb, config.pad_noise))[0]
+    l_x = mmd(xb[:, :D], u, kernel=kernel_x, widths=widths_x)
+    if N > D:
+        l_pad = l_pad + (xb[:, D:] ** 2).sum(-1).mean()
+
+    # reconstruction with fresh noise in the y-padding: the padding must carry no information
+    if N > M + K:
+        xr = model.inverse(model.join_yz(fy.detach(), fz.detach(), config.pad_noise))[0]
+        l_rec = ((xr[:, :D] - u) ** 2).sum(-1).mean()
+    else:
+        l_rec = zero  # exactly zero for an invertible map without padding
+    return {"y": l_y, "z": l_z, "x": l_x, "pad": l_pad, "rec": l_rec}
+
+
+def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True):
+    """``loss_fn(model, (x, y)) -> (loss, parts)`` for ``sbi_inn.train.train``; the weighted sum of all terms.
+
+    With ``ramp`` the ``L_x`` weight follows ``config.x_ramp_epochs`` (counted by ``model.train_steps``, which the
+    loss advances on every training-mode call with gradients enabled); without it the full ``w_x`` is used.
+    """
+
+    def loss_fn(model: BidirectionalINN, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
+        x, y = batch[0], batch[1]
+        terms = inn_losses(model, x, y, config)
+        w_x = config.w_x
+        if ramp and config.x_ramp_epochs > 0:
+            w_x *= min(1.0, float(model.train_steps) / (config.x_ramp_epochs * steps_per_epoch))
+        if model.training and torch.is_grad_enabled():
+            model.train_steps += 1
+        loss = (config.w_y * terms["y"] + config.w_z * terms["z"] + w_x * terms["x"]
+                + config.w_pad * terms["pad"] + config.w_rec * terms["rec"])
+        return loss, {f"L_{k}": float(v.detach()) for k, v in terms.items()}
+
+    return loss_fn
+
+
+def build_inn(param_dim: int, obs_dim: int, config: INNConfig, *, prior_bounds=None, seed: int = 0):
+    """A fresh :class:`BidirectionalINN` for ``config`` (weights seeded by ``seed``; global RNG untouched)."""
+    k, n = config.dims(param_dim, obs_dim)
+    lo, hi = (None, None) if prior_bounds is None else prior_bounds
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BidirectionalINN(param_dim, obs_dim, latent_dim=k, nominal_dim=n, flow=config.flow, lo=lo, hi=hi,
+                                pad_noise=config.pad_noise, y_noise=config.y_noise)
+
+
+def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val: Tensor | None = None, *,
+            prior_bounds: tuple[Tensor, Tensor] | None = None, param_names: Sequence[str] | None = None,
+            config: INNConfig | dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
+            show_progress: bool = True, checkpoint_path=None) -> Posterior:
+    """Train a bidirectional INN on simulated pairs and return it as a :class:`~sbi_inn.posterior.Posterior`.
+
+    Args:
+        x_train, y_train: parameters ``(n, D)`` (inside the prior support) and observations ``(n, M)``.
+        x_val, y_val: a validation split (optional; used for early stopping and the best-epoch weights).
+        prior_bounds: ``(lo, hi)`` support bounds ``(D,)`` of the prior (``None``: unbounded).
+        param_names: names of the ``D`` parameters (default ``x0, x1, ...``).
+        config: an :class:`INNConfig` or a dict of its fields (unknown keys raise).
+        device: where to train (a resolved ``torch.device`` or string; ``"auto"`` is resolved by the caller).
+        seed: seeds the weight initialisation and replaces ``config.train.seed`` (shuffling, loss noise).
+        show_progress: a progress bar over epochs.
+        checkpoint_path: checkpoint written every epoch; an existing one is resumed.
+
+    Returns:
+        The trained posterior; ``metadata`` holds the config, data sizes and the per-epoch history.
+    """
+    if config is None:
+        config = INNConfig()
+    elif isinstance(config, dict):
+        config = INNConfig.from_dict(config)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=int(seed)))
+    device = torch.device(device)
+    x_train = torch.as_tensor(x_train, dtype=torch.float32)
+    y_train = torch.as_tensor(y_train, dtype=torch.float32)
+    if x_train.ndim != 2 or y_train.ndim != 2 or x_train.shape[0] != y_train.shape[0]:
+        raise ValueError(f"fit_inn: need x (n, D) and y (n, M) with equal n, got {tuple(x_train.shape)}, "
+                         f"{tuple(y_train.shape)}")
+    D, M = x_train.shape[1], y_train.shape[1]
+    names = list(param_names) if param_names is not None else [f"x{i}" for i in range(D)]
+    model = build_inn(D, M, config, prior_bounds=prior_bounds, seed=seed)
+    model.fit_normalization(x_train, y_train)
+    model.to(device)
+    val = None
+    if x_val is not None and y_val is not None and len(x_val) > 0:
+        val = (torch.as_tensor(x_val, dtype=torch.float32).to(device),
+               torch.as_tensor(y_val, dtype=torch.float32).to(device))
+    steps = math.ceil(x_train.shape[0] / config.train.batch_size)
+    history = train(model, make_loss_fn(config, steps), (x_train.to(device), y_train.to(device)), val, config.train,
+                    device=device, checkpoint_path=checkpoint_path, show_progress=show_progress,
+                    val_loss_fn=make_loss_fn(config, steps, ramp=False))
+    metadata = {"method": "inn", "config": config.to_dict(), "num_train": int(x_train.shape[0]),
+                "num_val": 0 if val is None else int(val[0].shape[0]), "history": history}
+    return Posterior(model, param_names=names, obs_shape=(M,), metadata=metadata)
