@@ -174,6 +174,37 @@ def simulate_to_hdf5(
             "completed": writer.num_simulated >= num_simulations}
 
 
+def call_simulator(fn: Callable, x: Tensor, seed: int, *, takes_generator: bool, use_numpy: bool):
+    """Call a user simulator reproducibly on parameters ``x`` ``(n, D)``; returns ``(output, use_numpy)``.
+
+    A simulator that takes a ``generator`` keyword gets one seeded with ``seed``; any other runs with torch's and
+    numpy's global RNGs seeded and restored afterwards. A simulator that fails on a tensor (``TypeError`` or
+    ``AttributeError``) is retried with a numpy array, and ``use_numpy=True`` is returned so later calls skip the try.
+    """
+    def call(arg):
+        if takes_generator:
+            return fn(arg, generator=torch.Generator().manual_seed(seed))
+        np_state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+                return fn(arg)
+        finally:
+            np.random.set_state(np_state)
+
+    if use_numpy:
+        return call(x.numpy().copy()), True
+    try:
+        return call(x), False
+    except (TypeError, AttributeError) as err:  # a numpy-only simulator
+        try:
+            out = call(x.numpy().copy())
+        except Exception:
+            raise err from None
+        return out, True
+
+
 def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
     """Seeds ``(prior_seed, simulator_seed)`` of chunk ``chunk`` of a run with ``seed``.
 
@@ -275,29 +306,9 @@ class _SimulatorAdapter:
         return self._parse(index, x, out)
 
     def _call(self, x: Tensor, sim_seed: int):
-        def call(arg):
-            if self.takes_generator:
-                return self.fn(arg, generator=torch.Generator().manual_seed(sim_seed))
-            np_state = np.random.get_state()
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sim_seed)
-                    np.random.seed(sim_seed % 2**32)
-                    return self.fn(arg)
-            finally:
-                np.random.set_state(np_state)
-
-        if self.use_numpy:
-            return call(x.numpy().copy())
-        try:
-            return call(x)
-        except (TypeError, AttributeError) as err:
-            try:
-                out = call(x.numpy().copy())
-            except Exception:
-                raise err from None
-            self.use_numpy = True
-            return out
+        out, self.use_numpy = call_simulator(self.fn, x, sim_seed, takes_generator=self.takes_generator,
+                                             use_numpy=self.use_numpy)
+        return out
 
     def _parse(self, index: int, x: Tensor, out) -> _Chunk:
         n = len(x)

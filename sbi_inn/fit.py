@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
 from sbi_inn.cinn import ConditionalINN
+from sbi_inn.data import call_simulator
 from sbi_inn.flows import FlowConfig
 from sbi_inn.posterior import Posterior, resolve_device
 from sbi_inn.priors import as_prior, describe_prior, support_bounds
@@ -262,29 +263,9 @@ class _Runner:
         self.use_numpy = False
 
     def __call__(self, x: Tensor, seed: int):
-        def call(arg):
-            if self.takes_generator:
-                return self.fn(arg, generator=torch.Generator().manual_seed(seed))
-            np_state = np.random.get_state()
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    np.random.seed(seed % 2**32)
-                    return self.fn(arg)
-            finally:
-                np.random.set_state(np_state)
-
-        if self.use_numpy:
-            return call(x.numpy().copy())
-        try:
-            return call(x)
-        except (TypeError, AttributeError) as err:  # a numpy-only simulator
-            try:
-                out = call(x.numpy().copy())
-            except Exception:
-                raise err from None
-            self.use_numpy = True
-            return out
+        out, self.use_numpy = call_simulator(self.fn, x, seed, takes_generator=self.takes_generator,
+                                             use_numpy=self.use_numpy)
+        return out
 
     def parse(self, out, n: int) -> tuple[Tensor, Tensor | None]:
         """Check one output for ``n`` parameter rows; return ``(y, sizes or None)``."""
