@@ -90,8 +90,12 @@ def _progress(show: bool, total: int | None):
     return tqdm(total=total, unit="sim")
 
 
-def _simulate_chunk(simulate: Callable, prior, size: int, seed: int, index: int, pass_generator: bool):
-    """Prior draws and simulations of chunk ``index``, seeded from ``(seed, index)``; global RNG untouched."""
+def _simulate_chunk(simulate: Callable, prior, size: int, seed: int, index: int, pass_generator: bool,
+                    obs_dim: int):
+    """Prior draws and simulations of chunk ``index``, seeded from ``(seed, index)``; global RNG untouched.
+
+    Checks that the simulations are ``(size, obs_dim)``, ``obs_dim`` being the observations' dimension.
+    """
     s_prior, s_sim = (int(v) for v in np.random.SeedSequence([seed, index]).generate_state(2))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s_prior)
@@ -107,6 +111,8 @@ def _simulate_chunk(simulate: Callable, prior, size: int, seed: int, index: int,
     if y.ndim != 2 or y.shape[0] != size:
         raise ValueError(f"simulate must map (N, D) to (N, M); for {size} prior draws it returned shape "
                          f"{tuple(y.shape)}")
+    if y.shape[1] != obs_dim:
+        raise ValueError(f"simulate returns observations of dimension {y.shape[1]}, y_obs has {obs_dim}")
     return x, y.to(x.device, torch.get_default_dtype() if not torch.is_floating_point(y) else y.dtype)
 
 
@@ -222,10 +228,7 @@ def abc_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, epsilon
                     f"simulations (max_simulations) with epsilon={epsilon}; acceptance rate so far {rate:.3g}, "
                     f"so {need} simulations are needed. Raise max_simulations or epsilon, or use quantile=")
             size = min(chunk_size, max_simulations - num_sims)
-            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator)
-            if y_sim.shape[1] != y.shape[1]:
-                raise ValueError(f"simulate returns observations of dimension {y_sim.shape[1]}, y_obs has "
-                                 f"{y.shape[1]}")
+            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator, y.shape[1])
             if scale_t is None:
                 scale_t = _resolve_scale(scale, y_sim)
             d = _distances(y_sim, y.to(y_sim), scale_t, distance)[:, 0]
@@ -273,10 +276,7 @@ def abc_rejection_batch(simulate: Callable, prior, y_obs, num_samples: int, *, q
     try:
         for index, start in enumerate(range(0, total, step)):
             size = min(step, total - start)
-            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator)
-            if y_sim.shape[1] != y.shape[1]:
-                raise ValueError(f"simulate returns observations of dimension {y_sim.shape[1]}, y_obs has "
-                                 f"{y.shape[1]}")
+            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator, y.shape[1])
             if scale_t is None:
                 scale_t = _resolve_scale(scale, y_sim)
             d = _distances(y_sim, y.to(y_sim), scale_t, distance)                    # (size, B)
