@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -389,3 +390,24 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
     metadata = {"method": "inn", "config": config.to_dict(), "num_train": int(x_train.shape[0]),
                 "num_val": 0 if val is None else int(val[0].shape[0]), "history": history}
     return Posterior(model, param_names=names, obs_shape=(M,), metadata=metadata)
+
+
+def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, overhead: float = 1.1) -> int:
+    """Epochs of ``config.train.batch_size`` steps over ``x`` ``(N, D)``, ``y`` ``(N, M)`` that fit in ``budget_s``.
+
+    Times ten optimisation steps (after two warm-up steps) of a fresh model and scales by ``overhead`` for
+    validation. Used to give ``TrainConfig.epochs`` a wall-clock budget: the learning rate decays per epoch, so a
+    run cut short by ``max_time`` would never reach ``lr_final``.
+    """
+    model = build_inn(x.shape[1], y.shape[1], config).fit_normalization(x, y)
+    loss_fn = make_loss_fn(config, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    bs = config.train.batch_size
+    for i in range(12):
+        if i == 2:
+            t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model, (x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]))[0].backward()
+        opt.step()
+    per_step = (time.perf_counter() - t0) / 10
+    return max(1, int(budget_s / (per_step * math.ceil(len(x) / bs) * overhead)))

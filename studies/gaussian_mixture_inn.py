@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from sbi_inn import diagnostics, plots  # noqa: E402
 from sbi_inn.flows import FlowConfig  # noqa: E402
-from sbi_inn.inn import INNConfig, build_inn, fit_inn, make_loss_fn  # noqa: E402
+from sbi_inn.inn import INNConfig, fit_inn, plan_epochs  # noqa: E402
 from sbi_inn.train import TrainConfig  # noqa: E402
 from simulators import get_simulator  # noqa: E402
 
@@ -45,23 +45,6 @@ CONFIG = INNConfig(latent_dim=2, nominal_dim=12, w_y=10.0, w_z=50.0, w_x=50.0, w
                    widths=(0.05, 0.2, 0.9), flow=FlowConfig(num_blocks=3, hidden=64, num_layers=3),
                    train=TrainConfig(batch_size=200, lr=6e-3, lr_final=1e-4, patience=None))
 LABEL_NAMES = ["red", "blue", "green", "purple"]  # thesis Fig. 4.2: 4 + 2 + 1 + 1 components
-
-
-def plan_epochs(config: INNConfig, x, y, budget_s: float) -> int:
-    """Epochs that fit in ``budget_s`` (timed on a few steps): the learning rate decays over the planned epochs."""
-    model = build_inn(x.shape[1], y.shape[1], config).fit_normalization(x, y)
-    loss_fn = make_loss_fn(config, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    bs = config.train.batch_size
-    for i in range(12):
-        if i == 2:
-            t0 = time.perf_counter()
-        opt.zero_grad()
-        loss_fn(model, (x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]))[0].backward()
-        opt.step()
-    per_step = (time.perf_counter() - t0) / 10
-    epochs = int(budget_s / (per_step * math.ceil(len(x) / bs) * 1.1))  # 10 % for validation
-    return max(1, epochs)
 
 
 def evaluate(post, sim, n: int, n_c2st: int, seed: int) -> dict:
@@ -141,7 +124,7 @@ def main(argv=None) -> dict:
     posteriors = {}
     for name, weights in VARIANTS.items():
         config = dataclasses.replace(CONFIG, **weights)
-        epochs = plan_epochs(config, x, y, budget)
+        epochs = plan_epochs(config, x, y, budget, overhead=1.1)
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs,
                                                                        max_time=1.2 * budget))
         print(f"training '{name}': {epochs} epochs of {args.num_train} in about {budget / 60:.1f} min")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch  # noqa: E402
 
 from sbi_inn import diagnostics, plots, reference  # noqa: E402
 from sbi_inn.flows import FlowConfig  # noqa: E402
-from sbi_inn.inn import INNConfig, build_inn, fit_inn, make_loss_fn  # noqa: E402
+from sbi_inn.inn import INNConfig, fit_inn, plan_epochs  # noqa: E402
 from sbi_inn.train import TrainConfig  # noqa: E402
 from simulators import get_simulator  # noqa: E402
 
@@ -51,22 +50,6 @@ CONFIG = INNConfig(deterministic=True, w_y=100.0, w_z=50.0, w_x=50.0, widths=(0.
                    flow=FlowConfig(num_blocks=6, hidden=256, num_layers=2, activation="leaky_relu", clamp=1.0),
                    train=TrainConfig(batch_size=500, lr=3e-3, lr_final=1e-5, patience=None))
 HARD_Y = (0.0, 0.8)  # outside the prior's 97 % region of end points (quantile in the JSON), bimodal
-
-
-def plan_epochs(config: INNConfig, x, y, budget_s: float) -> int:
-    """Epochs that fit in ``budget_s`` (timed on a few steps): the learning rate decays over the planned epochs."""
-    model = build_inn(x.shape[1], y.shape[1], config).fit_normalization(x, y)
-    loss_fn = make_loss_fn(config, 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    bs = config.train.batch_size
-    for i in range(12):
-        if i == 2:
-            t0 = time.perf_counter()
-        opt.zero_grad()
-        loss_fn(model, (x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]))[0].backward()
-        opt.step()
-    per_step = (time.perf_counter() - t0) / 10
-    return max(1, int(budget_s / (per_step * math.ceil(len(x) / bs) * 1.05)))
 
 
 def calibration_noise_floor(num_obs: int, num_params: int = 4, repeats: int = 200) -> float:
@@ -123,7 +106,7 @@ def main(argv=None) -> dict:
     y_val = sim.simulate(x_val, generator=gen)
 
     budget = 60 * args.budget_minutes
-    epochs = plan_epochs(CONFIG, x, y, budget)
+    epochs = plan_epochs(CONFIG, x, y, budget, overhead=1.05)
     config = INNConfig.from_dict({**CONFIG.to_dict(), "train": {**CONFIG.train.to_dict(), "epochs": epochs,
                                                                   "max_time": 1.1 * budget}})
     print(f"training: {epochs} epochs of {args.num_train} simulations in about {args.budget_minutes:g} min")
