@@ -232,7 +232,8 @@ def worker(spec: dict) -> dict:
         y_test_m, y_batch_m = y_test, y_batch
         rss0 = mem.start()
         t0 = time.perf_counter()
-        posterior = fit_posterior(data=spec["data"], prior=sim.prior, seed=spec["seed"], show_progress=False)
+        posterior = fit_posterior(data=spec["data"], prior=sim.prior, seed=spec["seed"], show_progress=False,
+                                  config=spec.get("fit_config"))
         train_time = time.perf_counter() - t0
         info = {"epochs": int(posterior.metadata.get("epochs_run", len(posterior.history))),
                 "inner_train_seconds": posterior.metadata.get("train_seconds"),
@@ -451,6 +452,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per worker process")
     ap.add_argument("--no-snapshot", action="store_true", help="import sbi_inn from the working tree instead of a "
                                                                "snapshot copied at start")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="run only these methods (e.g. sbi_inn while tuning)")
+    ap.add_argument("--fit-config", type=json.loads, default=None,
+                    help="JSON dict of FitConfig fields for sbi_inn instead of its defaults (recorded in the JSON)")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -503,8 +508,9 @@ def main(argv=None) -> int:
             for budget in budgets:
                 data = workdir / f"{name}_{budget}.h5"
                 simulate_to_hdf5(sim, sim.prior, budget, data, seed=args.seed, show_progress=False)
-                for method in METHODS:
+                for method in args.methods:
                     spec = {"simulator": name, "sim_kwargs": kwargs, "budget": budget, "method": method,
+                            "fit_config": args.fit_config if method == "sbi_inn" else None,
                             "data": str(data), "obs": str(obs_path), "num_samples": n_samples, "seed": args.seed,
                             "samples_out": str(workdir / f"samples_{name}_{budget}_{method}.pt")}
                     load = os.getloadavg()
@@ -532,6 +538,7 @@ def main(argv=None) -> int:
         "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
                     "note": "shared machine: other jobs ran concurrently; timings are noisy"},
         "settings": {"quick": args.quick, "budgets": budgets, "simulators": names, "seed": args.seed,
+                     "methods": args.methods, "fit_config_override": args.fit_config,
                      "torch_num_threads": 1, "blas_threads": 1, "c2st_samples_per_observation": n_samples,
                      "c2st": "sbi_inn.diagnostics.c2st(reference, samples), 5-fold MLP, mean over test observations",
                      "single_sampling": f"{SINGLE_SAMPLES} samples for one observation, best of 3",

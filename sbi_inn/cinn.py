@@ -129,26 +129,33 @@ class ConditionalSpline1d(nn.Module):
         return s, t, p[:, 2 : 2 + K], p[:, 2 + K : 2 + 2 * K], p[:, 2 + 2 * K :]
 
     def _check(self, x: Tensor, c: Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != 1 or c is None or c.shape != (x.shape[0], self.cond_dim):
+        if (x.ndim != 2 or x.shape[1] != 1 or c is None or c.ndim != 2 or c.shape[1] != self.cond_dim
+                or c.shape[0] < 1 or x.shape[0] % c.shape[0]):
             got = None if c is None else tuple(c.shape)
-            raise ValueError(f"ConditionalSpline1d: need x (n, 1) and c (n, {self.cond_dim}), got "
-                             f"{tuple(x.shape)} and {got}")
+            raise ValueError(f"ConditionalSpline1d: need x (N, 1) and c (N, {self.cond_dim}) or (B, {self.cond_dim}) "
+                             f"with B dividing N, got {tuple(x.shape)} and {got}")
 
-    def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    def _params_rows(self, net: nn.Module, c: Tensor, n_rows: int):
+        """Layer parameters per row: computed once per condition, repeated over the ``(n, B)`` row layout."""
+        params = self._params(net, c)
+        reps = n_rows // c.shape[0]
+        return params if reps == 1 else tuple(p.repeat(reps, *([1] * (p.ndim - 1))) for p in params)
+
+    def forward(self, x: Tensor, c: Tensor, *, jac: bool = True) -> tuple[Tensor, Tensor]:
         self._check(x, c)
         v, logdet = x[:, 0], torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for net in self.nets:
-            s, t, w_raw, h_raw, d_raw = self._params(net, c)
+            s, t, w_raw, h_raw, d_raw = self._params_rows(net, c, x.shape[0])
             v = v * torch.exp(s) + t
             v, ld = rq_spline(v, w_raw, h_raw, d_raw, self.bound)
             logdet = logdet + s + ld
         return v[:, None], logdet
 
-    def inverse(self, z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, z: Tensor, c: Tensor, *, jac: bool = True) -> tuple[Tensor, Tensor]:
         self._check(z, c)
         v, logdet = z[:, 0], torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for net in reversed(self.nets):
-            s, t, w_raw, h_raw, d_raw = self._params(net, c)
+            s, t, w_raw, h_raw, d_raw = self._params_rows(net, c, z.shape[0])
             v, ld = rq_spline(v, w_raw, h_raw, d_raw, self.bound, inverse=True)
             v = (v - t) * torch.exp(-s)
             logdet = logdet + ld - s
@@ -180,7 +187,8 @@ class ConditionalINN(nn.Module):
         summary: ``"auto"`` (deep set for sets, MLP otherwise), ``"mlp"``, ``"deepset"``, ``"none"`` (the
             standardised observation itself is the condition; vectors only) or an ``nn.Module`` with attribute
             ``out_dim``, called as ``net(y)`` (vectors) or ``net(y, mask)`` (sets) on standardised observations.
-            Models with a custom module train and sample normally but cannot be saved (``config`` raises).
+            A posterior with a custom module saves its weights; loading needs an instance of the same
+            architecture (``load_posterior(path, summary=module)``).
         summary_dim: summary features ``C`` (default 32; ignored for ``"none"`` and custom modules).
         summary_hidden, summary_layers: width and hidden-layer count of the summary network(s).
         spline_bins: bins of the 1-D spline flow (``D = 1`` only).
@@ -289,7 +297,7 @@ class ConditionalINN(nn.Module):
         return self.summary(y, mask)
 
     def log_prob_given(self, x: Tensor, c: Tensor) -> Tensor:
-        """``log q(x | y)`` ``(N,)`` for parameters ``x`` ``(N, D)`` and summaries ``c`` ``(N, C)``.
+        """``log q(x | y)`` ``(N,)`` for parameters ``x`` ``(N, D)`` and summaries ``c`` ``(N, C)`` or ``(1, C)``.
 
         ``-inf`` outside the support; densities are with respect to ``x`` (all Jacobians included).
         """
@@ -312,7 +320,7 @@ class ConditionalINN(nn.Module):
         for b, seed in enumerate(_row_seeds(generator, B)):
             gen = torch.Generator(device=c.device).manual_seed(seed)
             z[:, b] = torch.randn(n, self.param_dim, generator=gen, device=c.device, dtype=c.dtype)
-        v, _ = self.flow.inverse(z.reshape(n * B, self.param_dim), c.repeat(n, 1))
+        v, _ = self.flow.inverse(z.reshape(n * B, self.param_dim), c, jac=False)  # rows (n, B): row r uses c[r % B]
         x = self.support(self.x_standardize.inverse(v))
         return x.reshape(n, B, self.param_dim)
 
@@ -338,32 +346,45 @@ class ConditionalINN(nn.Module):
     def config(self) -> dict:
         """JSON architecture description; ``ConditionalINN.from_config(config)`` rebuilds an untrained twin.
 
-        Raises:
-            NotImplementedError: for a custom summary module, which cannot be rebuilt from JSON.
+        A custom summary module is recorded by class name and ``out_dim`` only (its code is not JSON): rebuilding
+        then needs an instance of the same architecture, ``from_config(config, summary=module)``.
         """
         if self.summary_kind == "custom":
-            raise NotImplementedError(
-                f"this ConditionalINN uses a custom summary network ({type(self.summary).__name__}), which cannot "
-                "be rebuilt from a JSON configuration, so the posterior cannot be saved; use summary='mlp' or "
-                "'deepset', or save the whole module's state_dict yourself")
+            summary = {"kind": "custom", "dim": self.summary_dim,
+                       "class": f"{type(self.summary).__module__}.{type(self.summary).__qualname__}"}
+        else:
+            summary = {"kind": self.summary_kind, "dim": self.summary_dim, "hidden": self.summary_hidden,
+                       "layers": self.summary_layers, "activation": self.summary_activation}
         return {"type": "cinn", "param_dim": self.param_dim, "obs_shape": list(self.obs_shape),
                 "is_set_valued": self.is_set_valued, "support_low": _bounds_to_json(self.support.lo),
                 "support_high": _bounds_to_json(self.support.hi), "flow": self.flow_config.to_dict(),
-                "summary": {"kind": self.summary_kind, "dim": self.summary_dim, "hidden": self.summary_hidden,
-                            "layers": self.summary_layers, "activation": self.summary_activation},
-                "spline_bins": self.spline_bins}
+                "summary": summary, "spline_bins": self.spline_bins}
 
     @classmethod
-    def from_config(cls, config: dict) -> ConditionalINN:
+    def from_config(cls, config: dict, summary: nn.Module | None = None) -> ConditionalINN:
+        """Rebuild an untrained model; ``summary`` supplies the module of a custom-summary configuration."""
         if config.get("type") != "cinn":
             raise ValueError(f"ConditionalINN.from_config: not a cinn configuration (type {config.get('type')!r})")
         s = config["summary"]
-        return cls(config["param_dim"], config["obs_shape"], is_set_valued=config["is_set_valued"],
-                   support_low=_bounds_from_json(config["support_low"], -math.inf),
-                   support_high=_bounds_from_json(config["support_high"], math.inf),
-                   flow=FlowConfig(**config["flow"]), summary=s["kind"], summary_dim=s["dim"],
+        common = {"is_set_valued": config["is_set_valued"], "flow": FlowConfig(**config["flow"]),
+                  "support_low": _bounds_from_json(config["support_low"], -math.inf),
+                  "support_high": _bounds_from_json(config["support_high"], math.inf),
+                  "spline_bins": config.get("spline_bins", 8)}
+        if s["kind"] == "custom":
+            if summary is None:
+                raise ValueError(f"this posterior was trained with a custom summary network {s['class']} "
+                                 f"(out_dim {s['dim']}), whose code is not stored; pass an instance of the same "
+                                 "architecture: load_posterior(path, summary=module)")
+            if getattr(summary, "out_dim", None) != s["dim"]:
+                raise ValueError(f"the summary module given has out_dim {getattr(summary, 'out_dim', None)}, the "
+                                 f"stored one ({s['class']}) has {s['dim']}")
+            return cls(config["param_dim"], config["obs_shape"], summary=summary, **common)
+        if summary is not None:
+            raise ValueError(f"summary= is only for posteriors trained with a custom summary network; this one uses "
+                             f"{s['kind']!r}")
+        return cls(config["param_dim"], config["obs_shape"], summary=s["kind"], summary_dim=s["dim"],
                    summary_hidden=s["hidden"], summary_layers=s["layers"], summary_activation=s["activation"],
-                   spline_bins=config.get("spline_bins", 8))
+                   **common)
 
 
 def _as_bounds(values, fill: float) -> Tensor:

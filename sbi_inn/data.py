@@ -525,6 +525,7 @@ class HDF5Dataset(torch.utils.data.Dataset):
         fractions: ``(train, val, test)`` fractions, non-negative, summing to 1.
         seed: seed of the permutation of row indices that defines the splits; the same ``(seed, fractions)`` and
             row count give the same, disjoint splits (extending the file changes them).
+        max_rows: use only the first ``max_rows`` committed rows (all when ``None``).
 
     Example:
         >>> loader = torch.utils.data.DataLoader(HDF5Dataset("ik.h5"), batch_size=256, shuffle=True,
@@ -532,7 +533,7 @@ class HDF5Dataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, split: str = "train", *,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0):
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, max_rows: int | None = None):
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
         fractions = _check_fractions(fractions)
@@ -542,6 +543,8 @@ class HDF5Dataset(torch.utils.data.Dataset):
             self.metadata = _metadata(f)
             stats = _committed_stats(f)
             self.num_file_rows = int(stats[:, 1].sum())
+            if max_rows is not None:
+                self.num_file_rows = min(self.num_file_rows, _check_int("max_rows", max_rows, 1))
             self._sizes = self._offsets = None
             if self.metadata["is_set_valued"]:
                 self._sizes = f["sizes"][: self.num_file_rows]

@@ -422,8 +422,9 @@ def _load_file(path, prior, settings: FitConfig, max_rows: int | None = None) ->
     if rows * row_bytes <= settings.max_memory_bytes:
         loaded = load_hdf5(path, max_rows=rows)
         out.update(x=loaded["x"], y=loaded["y"], sizes=loaded.get("sizes"))
-    else:  # streamed from disk: every committed row of the file, split by HDF5Dataset
-        out["dataset"] = lambda split, fractions, seed: HDF5Dataset(path, split, fractions=fractions, seed=seed)
+    else:  # streamed from disk: the first `rows` committed rows of the file, split by HDF5Dataset
+        out["dataset"] = lambda split, fractions, seed: HDF5Dataset(path, split, fractions=fractions, seed=seed,
+                                                                    max_rows=rows)
     return out
 
 
@@ -531,10 +532,7 @@ def _checkpoint(checkpoint_dir, model, config, sims, seed, fraction, summary) ->
         return None
     d = Path(checkpoint_dir)
     d.mkdir(parents=True, exist_ok=True)
-    try:
-        model_cfg = model.config()
-    except NotImplementedError:
-        model_cfg = {"summary": type(summary).__name__}
+    model_cfg = model.config()
     prov = sims["provenance"]
     fingerprint = _jsonable({"model": model_cfg, "fit_config": config.to_dict(), "seed": seed,
                              "validation_fraction": fraction, "source": prov.get("source"), "path": prov.get("path"),

@@ -1,11 +1,17 @@
 """Affine coupling flows built on FrEIA (the only module of sbi_inn that imports FrEIA).
 
-One builder serves both model families: the bidirectional INN of thesis ch. 4 (no condition) and the conditional
-INN of thesis ch. 3 (condition concatenated to every subnet input, eq. 3.10).
+One builder serves both model families: the bidirectional INN of thesis ch. 4 (no condition; FrEIA's
+``GLOWCouplingBlock``) and the conditional INN of thesis ch. 3 (condition fed to every subnet, eq. 3.10;
+:class:`ConditionalAffineCoupling`, a FrEIA ``InvertibleModule`` of ours).
 
 Each block is a GLOW-style affine coupling block (thesis 2.2.1, 3.2) with the soft clamp of eq. 3.13,
 ``s~ = alpha * tanh(s / alpha)``, followed by a fixed random orthogonal rotation (thesis 3.5, "Channel mixing") or a
 fixed random permutation. Subnets are MLPs whose last layer starts at zero, so a fresh flow is the identity.
+
+Why our own conditional block: FrEIA's conditional blocks concatenate the condition to every input row, so
+drawing ``n`` samples for one observation pushes ``n`` copies of the condition through every subnet's first
+layer. Writing that layer as ``W_x x + (W_c c + b)`` (the same function) lets the condition term be computed once
+per observation and broadcast, which with one-hidden-layer subnets removes most of the per-sample cost.
 
 References:
     thesis ``002_e718d3c52e134117.txt`` sections 2.2.1, 3.2 (eq. 3.10), 3.5 (eq. 3.13, orthogonal mixing);
@@ -19,6 +25,7 @@ from dataclasses import asdict, dataclass
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -91,6 +98,111 @@ def _subnet_constructor(cfg: FlowConfig):
     return make
 
 
+def _activation(name: str, h: Tensor) -> Tensor:
+    """Apply activation ``name``; in place when no gradient is recorded (sampling), to save memory traffic."""
+    if torch.is_grad_enabled():
+        return _FUNCTIONAL[name](h)
+    return _FUNCTIONAL_INPLACE[name](h)
+
+
+_FUNCTIONAL = {"relu": torch.relu, "leaky_relu": lambda h: F.leaky_relu(h, 0.01), "silu": F.silu,
+               "tanh": torch.tanh, "gelu": F.gelu}
+_FUNCTIONAL_INPLACE = {"relu": torch.relu_, "leaky_relu": lambda h: F.leaky_relu_(h, 0.01),
+                       "silu": lambda h: F.silu(h, inplace=True), "tanh": torch.tanh_, "gelu": F.gelu}
+
+
+class ConditionalSubnet(nn.Module):
+    """Subnet MLP ``[u, c] -> (s, t)`` of a conditional coupling (thesis eq. 3.10), first layer split in two.
+
+    ``W [u; c] + b = W_u u + (W_c c + b)``: the condition term is computed once per *observation* and broadcast
+    over that observation's samples, so sampling ``n`` points for one ``y`` costs ``n`` passes through the
+    ``u``-part only. Mathematically this is the concatenation of eq. 3.10.
+    """
+
+    def __init__(self, dim_in: int, cond_dim: int, dim_out: int, config: FlowConfig):
+        super().__init__()
+        h = config.hidden
+        self.activation, self.dropout = config.activation, config.dropout
+        self.inp = nn.Linear(dim_in, h)
+        self.cond = nn.Linear(cond_dim, h, bias=False)
+        self.hidden = nn.ModuleList(nn.Linear(h, h) for _ in range(config.num_layers - 1))
+        self.out = nn.Linear(h, dim_out)
+        nn.init.zeros_(self.out.weight)  # a fresh flow is the identity
+        nn.init.zeros_(self.out.bias)
+
+    def project(self, c: Tensor) -> Tensor:
+        """First-layer condition term ``W_c c + b`` ``(B, hidden)`` for conditions ``c`` ``(B, C)``."""
+        return self.cond(c) + self.inp.bias
+
+    def forward(self, u: Tensor, hc: Tensor) -> Tensor:
+        """``(s, t)`` stacked ``(N, dim_out)`` for ``u`` ``(N, dim_in)``; row ``r`` uses ``hc[r % B]``."""
+        N, B = u.shape[0], hc.shape[0]
+        if B == N or B == 1:
+            h = torch.addmm(hc, u, self.inp.weight.t())
+        else:
+            h = (u @ self.inp.weight.t()).view(N // B, B, -1).add_(hc).view(N, -1)
+        h = self._act(h)
+        for layer in self.hidden:
+            h = self._act(layer(h))
+        return self.out(h)
+
+    def _act(self, h: Tensor) -> Tensor:
+        h = _activation(self.activation, h)
+        return F.dropout(h, self.dropout, self.training) if self.dropout > 0 else h
+
+
+class ConditionalAffineCoupling(Fm.InvertibleModule):
+    """GLOW-style conditional affine coupling block (thesis 3.2, eq. 3.10; soft clamp eq. 3.13), a FrEIA module.
+
+    ``x = [x1, x2]``: ``v2 = x2 * exp(s1(x1, c)) + t1(x1, c)``, then ``v1 = x1 * exp(s2(v2, c)) + t2(v2, c)``,
+    ``s~ = alpha * tanh(s / alpha)``; ``log|det| = sum(s1~) + sum(s2~)``.
+
+    Unlike FrEIA's ``GLOWCouplingBlock``, which concatenates a per-row condition to every subnet input, the
+    condition may be given once per observation: ``c`` ``(B, C)`` with ``N = n * B`` input rows laid out as
+    ``(n, B)`` (row ``r`` belongs to observation ``r % B``); ``B = N`` is the ordinary per-row case.
+    """
+
+    def __init__(self, dims_in, dims_c=None, config: FlowConfig = FlowConfig()):
+        super().__init__(dims_in, dims_c)
+        if not dims_c:
+            raise ValueError("ConditionalAffineCoupling: needs a condition (dims_c)")
+        dim, cond_dim = dims_in[0][0], dims_c[0][0]
+        self.d1 = dim // 2
+        self.d2 = dim - self.d1
+        self.alpha = config.clamp
+        self.net1 = ConditionalSubnet(self.d1, cond_dim, 2 * self.d2, config)  # x1 -> (s, t) of x2
+        self.net2 = ConditionalSubnet(self.d2, cond_dim, 2 * self.d1, config)  # v2 -> (s, t) of x1
+
+    def _st(self, net: ConditionalSubnet, u: Tensor, hc: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = net(u, hc).chunk(2, dim=1)
+        return self.alpha * torch.tanh(s / self.alpha), t
+
+    def forward(self, x_or_z, c=None, rev: bool = False, jac: bool = True):
+        x, cond = x_or_z[0], c[0]
+        N, B = x.shape[0], cond.shape[0]
+        if N % B != 0:
+            raise ValueError(f"ConditionalAffineCoupling: {N} input rows cannot be split among {B} conditions")
+        hc1, hc2 = self.net1.project(cond), self.net2.project(cond)
+        u1, u2 = x[:, : self.d1], x[:, self.d1 :]
+        if not rev:
+            s1, t1 = self._st(self.net1, u1, hc1)
+            v2 = u2 * torch.exp(s1) + t1
+            s2, t2 = self._st(self.net2, v2, hc2)
+            v1 = u1 * torch.exp(s2) + t2
+            sign = 1.0
+        else:
+            s2, t2 = self._st(self.net2, u2, hc2)
+            v1 = (u1 - t2) * torch.exp(-s2)
+            s1, t1 = self._st(self.net1, v1, hc1)
+            v2 = (u2 - t1) * torch.exp(-s1)
+            sign = -1.0
+        log_det = sign * (s1.sum(1) + s2.sum(1)) if jac else torch.zeros((), dtype=x.dtype, device=x.device)
+        return (torch.cat([v1, v2], 1),), log_det
+
+    def output_dims(self, input_dims):
+        return input_dims
+
+
 def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:
     """A Haar-random orthogonal matrix ``(dim, dim)`` (QR of a Gaussian matrix with sign correction)."""
     q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
@@ -101,8 +213,14 @@ def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:
 class CouplingFlow(nn.Module):
     """An invertible map ``R^dim -> R^dim``, optionally conditioned on a vector ``c`` of size ``cond_dim``.
 
-    ``forward(x, c) -> (z, log|det dz/dx|)`` and ``inverse(z, c) -> (x, log|det dx/dz|)``, shapes ``(n, dim)``
-    and ``(n,)``.
+    ``forward(x, c) -> (z, log|det dz/dx|)`` and ``inverse(z, c) -> (x, log|det dx/dz|)``, shapes ``(N, dim)``
+    and ``(N,)``. The condition is ``(N, cond_dim)`` (one per row) or ``(B, cond_dim)`` with ``N = n * B`` rows laid
+    out as ``(n, B)`` (row ``r`` uses ``c[r % B]``), which conditions ``n`` samples per observation at the cost of
+    one condition projection per observation.
+
+    Unconditional flows (the bidirectional INN, thesis ch. 4) use FrEIA's ``GLOWCouplingBlock``; conditional ones
+    use :class:`ConditionalAffineCoupling`, the same block with the condition term of the first subnet layer
+    computed per observation.
     """
 
     def __init__(self, dim: int, cond_dim: int = 0, config: FlowConfig = FlowConfig()):
@@ -112,10 +230,12 @@ class CouplingFlow(nn.Module):
         self.dim, self.cond_dim, self.config = dim, cond_dim, config
         gen = torch.Generator().manual_seed(config.seed)
         self.inn = Ff.SequenceINN(dim)
-        cond_kwargs = {"cond": 0, "cond_shape": (cond_dim,)} if cond_dim > 0 else {}
         for _ in range(config.num_blocks):
-            self.inn.append(Fm.GLOWCouplingBlock, subnet_constructor=_subnet_constructor(config),
-                            clamp=config.clamp, clamp_activation=_SoftClamp(config.clamp), **cond_kwargs)
+            if cond_dim > 0:
+                self.inn.append(ConditionalAffineCoupling, cond=0, cond_shape=(cond_dim,), config=config)
+            else:
+                self.inn.append(Fm.GLOWCouplingBlock, subnet_constructor=_subnet_constructor(config),
+                                clamp=config.clamp, clamp_activation=_SoftClamp(config.clamp))
             if config.mixing == "orthogonal":
                 self.inn.append(Fm.FixedLinearTransform, M=random_orthogonal(dim, gen))
             else:
@@ -127,15 +247,16 @@ class CouplingFlow(nn.Module):
             if c is not None:
                 raise ValueError("CouplingFlow: this flow takes no condition")
             return None
-        if c is None or c.shape != (x.shape[0], self.cond_dim):
+        if c is None or c.ndim != 2 or c.shape[1] != self.cond_dim or c.shape[0] < 1 or x.shape[0] % c.shape[0]:
             got = None if c is None else tuple(c.shape)
-            raise ValueError(f"CouplingFlow: condition must have shape ({x.shape[0]}, {self.cond_dim}), got {got}")
+            raise ValueError(f"CouplingFlow: condition must have shape ({x.shape[0]}, {self.cond_dim}) or (B, "
+                             f"{self.cond_dim}) with B dividing {x.shape[0]}, got {got}")
         return [c]
 
-    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, log_det = self.inn(x, c=self._cond(x, c), rev=False)
+    def forward(self, x: Tensor, c: Tensor | None = None, *, jac: bool = True) -> tuple[Tensor, Tensor]:
+        z, log_det = self.inn(x, c=self._cond(x, c), rev=False, jac=jac)
         return z, log_det
 
-    def inverse(self, z: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x, log_det = self.inn(z, c=self._cond(z, c), rev=True)
+    def inverse(self, z: Tensor, c: Tensor | None = None, *, jac: bool = True) -> tuple[Tensor, Tensor]:
+        x, log_det = self.inn(z, c=self._cond(z, c), rev=True, jac=jac)
         return x, log_det

@@ -10,7 +10,8 @@ posterior, ``x = g(y*, z)`` (eqs. 4.1-4.2). When ``D < M + K`` the input is padd
 
 Training (thesis 4.1.2-4.1.3, one optimizer step on the sum of all terms, forward and backward passes together):
 
-- ``L_y = E ||f_y(x) - y||^2`` (squared loss; one-hot labels are regressed directly, as in thesis 4.2.1);
+- ``L_y = E ||f_y(x) - y||^2`` (``y_loss="mse"``, the default: squared loss; one-hot labels are regressed
+  directly, as in thesis 4.2.1), or a cross-entropy for label observations (``y_loss="ce"``, below);
 - ``L_z = MMD([f_y(x), f_z(x)], [y, z])`` with ``z ~ N(0, I)`` and the gradient blocked through ``f_y(x)``;
 - ``L_x = MMD(g_x(y, z), x)``: backward samples for the batch's ``y`` and fresh ``z`` against the batch's ``x``;
 - ``L_pad``: squared loss pulling the y-padding outputs and the x-padding of backward samples to zero;
@@ -23,9 +24,31 @@ x-padding inputs and the y-padding of inverse passes carry Gaussian noise of std
 learns to ignore them, thesis 4.1.2 b), and ``y`` gets noise of std ``y_noise`` (standardised units; it smooths
 discrete observations such as one-hot labels for the MMD); when sampling, both paddings are exactly 0.
 
+Label observations, ``y_loss="ce"`` (thesis 4.1.2: "L_y can be any supervised loss, e.g. squared loss for
+regression or cross-entropy for classification"). Observations are label vectors ``y (n, M)``, one-hot or class
+probabilities (entries in [0, 1], rows summing to 1; anything else raises ``ValueError``). Forward and inverse
+directions must agree on what a label *is* in y-space, so one encoding serves everywhere an observation enters the
+network: the ``L_z`` reference sample ``[y, z]``, the ``L_x`` backward pass, and ``condition`` at sampling time
+(``Posterior.sample((n,), one_hot)`` works unchanged)::
+
+    q = (1 - eps) y + eps / M              label smoothing, eps = label_smoothing in (0, 1): q > 0, log q finite
+    t = log q - mean_k log q               centred log-probabilities: the y-space value (then standardised)
+
+The forward output ``f_y(x)``, with the standardisation undone, is read as logits ``l`` and
+
+    L_y = CE(q, softmax(l)) + mean_k(l)^2 = -sum_k q_k log_softmax(l)_k + mean_k(l)^2.
+
+The CE alone is minimal iff ``softmax(l) = q``, i.e. ``l = log q + c`` for *any* shift ``c``; the penalty picks
+``c = 0``, so the forward optimum is ``l = t``, exactly the value the inverse pass is fed for that label. (Merely
+centring ``l`` before the CE would change nothing, since ``log_softmax`` is shift-invariant, and would leave ``c``
+free: the mean direction of ``f_y`` would be an unpenalised output coordinate, like y-padding without ``L_pad``,
+free to carry information about ``x`` that the sampler, always fed ``c = 0``, never supplies.) The minimum of this
+``L_y`` is the entropy ``H(q) > 0`` (0.20 nats for ``M = 4``, ``eps = 0.05``), not 0 as for the squared loss.
+
 References:
-    thesis ``002_e718d3c52e134117.txt`` 4.1 (method), B.1 (proof that ``L_y = L_z = 0`` gives the posterior,
-    and ``L_x`` then vanishes too), B.5.1-B.5.2 (architectures), B.5.4 (kernels).
+    thesis ``002_e718d3c52e134117.txt`` 4.1 (method; 4.1.2 for the choice of ``L_y``), B.1 (proof that
+    ``L_y = L_z = 0`` gives the posterior, and ``L_x`` then vanishes too), B.5.1-B.5.2 (architectures), B.5.4
+    (kernels); label smoothing as in 5.3 (alpha = 0.05, after Szegedy et al., 2016).
 """
 
 from __future__ import annotations
@@ -45,6 +68,69 @@ from sbi_inn.posterior import Posterior
 from sbi_inn.train import TrainConfig, train
 from sbi_inn.transforms import Standardize, SupportTransform
 
+Y_LOSSES = ("mse", "ce")
+# tolerances of the label check (y_loss="ce"): entries may leave [0, 1] by LABEL_ATOL, row sums miss 1 by LABEL_SUM_ATOL
+LABEL_ATOL = 1e-6
+LABEL_SUM_ATOL = 1e-3
+
+
+def check_labels(y: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``y`` is ``(n, num_classes)`` label vectors: finite, in [0, 1], rows sum to 1."""
+    what = f"y_loss='ce' needs label observations (one-hot or class probabilities) of shape (n, {num_classes})"
+    if y.ndim != 2 or y.shape[1] != num_classes:
+        raise ValueError(f"{what}, got shape {tuple(y.shape)}")
+    if not torch.isfinite(y).all():
+        rows = (~torch.isfinite(y)).any(-1).nonzero()[:5].flatten().tolist()
+        raise ValueError(f"{what}; rows {rows} contain NaN or inf")
+    outside = ((y < -LABEL_ATOL) | (y > 1 + LABEL_ATOL)).any(-1)
+    if outside.any():
+        i = int(outside.nonzero()[0])
+        raise ValueError(f"{what}: entries must lie in [0, 1], but {int(outside.sum())} rows do not (row {i}: "
+                         f"{y[i].tolist()})")
+    sums = y.sum(-1)
+    off = (sums - 1).abs() > LABEL_SUM_ATOL
+    if off.any():
+        i = int(off.nonzero()[0])
+        raise ValueError(f"{what}: every row must sum to 1, but {int(off.sum())} rows do not (row {i} sums to "
+                         f"{float(sums[i]):.6g})")
+
+
+def smoothed_labels(y: Tensor, smoothing: float) -> Tensor:
+    """Label-smoothed targets ``q = (1 - eps) y + eps / M`` ``(n, M)`` of label vectors ``y`` ``(n, M)``.
+
+    ``y`` is clipped to [0, 1] and renormalised first (it was checked to within ``LABEL_*_ATOL``), so ``q`` is a
+    probability vector with every entry ``>= eps / M > 0``.
+    """
+    y = y.clamp(0.0, 1.0)
+    y = y / y.sum(-1, keepdim=True)
+    return (1.0 - smoothing) * y + smoothing / y.shape[-1]
+
+
+def encode_labels(y: Tensor, smoothing: float) -> Tensor:
+    """The y-space value of label vectors ``y`` ``(n, M)``: centred log-probabilities ``log q - mean_k log q``.
+
+    For one-hot ``y`` the true class gets ``(M - 1)/M * r`` and the others ``-r/M``, ``r = log(1 + (1 - eps) M / eps)``
+    (``r = log 77`` for ``M = 4``, ``eps = 0.05``). This is the forward optimum of :func:`label_loss` (module
+    docstring), so forward and inverse passes see the same value for a label.
+    """
+    logq = torch.log(smoothed_labels(y, smoothing))
+    return logq - logq.mean(-1, keepdim=True)
+
+
+def label_loss(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
+    """``L_y`` for ``y_loss="ce"``: ``CE(q, softmax(logits)) + mean_k(logits)^2``, averaged over rows (a scalar).
+
+    Args:
+        logits: ``f_y(x)`` with the standardisation undone, ``(n, M)``.
+        y: label vectors ``(n, M)``; ``q`` = :func:`smoothed_labels`.
+
+    The penalty on the logits' mean pins the shift that the CE cannot see (module docstring): the minimiser is then
+    ``logits = encode_labels(y)``, where the gradient vanishes. Its weight (1, in nats like the CE) does not move the
+    optimum; it only sets how fast the shift is pulled to 0.
+    """
+    ce = -(smoothed_labels(y, smoothing) * torch.log_softmax(logits, -1)).sum(-1)
+    return (ce + logits.mean(-1) ** 2).mean()
+
 
 @dataclass(frozen=True)
 class INNConfig:
@@ -62,12 +148,20 @@ class INNConfig:
         kernel_x, widths_x: the same for ``L_x`` (``None``: as for ``L_z``).
         y_noise: std of the Gaussian noise added to standardised ``y`` during training.
         pad_noise: std of the noise written into padding dimensions during training.
+        y_loss: ``"mse"`` (squared loss on standardised ``y``, the default) or ``"ce"`` (label observations:
+            cross-entropy on logits, y-space = centred log of the smoothed labels; module docstring, thesis 4.1.2).
+        label_smoothing: ``eps`` in ``(0, 1)`` of ``y_loss="ce"`` (ignored by ``"mse"``).
         flow: the coupling-flow architecture (default: thesis B.5.2 with a soft clamp of 1, stable at lr 3e-3).
         train: optimisation settings (Adam, decaying learning rate, clipping; ``sbi_inn.train``).
 
     The defaults were tuned in short CPU runs on the inverse-kinematics problem (the IK study raises ``w_y`` to 100
     and widens the subnets; the Gaussian-mixture study uses ``w_y = 10``): ``L_y`` and the MMD terms then have
     comparable effect (thesis 4.1.3), and 2.0 soft clamps diverged at learning rates above 1e-3.
+
+    With ``y_loss="ce"`` raise ``w_y`` about tenfold (the Gaussian-mixture test uses 100 where the squared loss uses
+    10): near its optimum the CE constrains the logits of the classes a label does not carry only weakly (curvature
+    about ``eps / M``), so at the squared-loss weight ``f_y`` stays 0.4-0.7 standardised units off the y-space value
+    in a 150-step run (0.07 with ``"mse"``), and ``L_z``, which matches ``[f_y, f_z]`` against ``[y, z]``, fails too.
     """
 
     latent_dim: int | None = None
@@ -85,6 +179,8 @@ class INNConfig:
     widths_x: tuple[float, ...] | None = None
     y_noise: float = 1e-3
     pad_noise: float = 1e-2
+    y_loss: str = "mse"
+    label_smoothing: float = 0.05
     flow: FlowConfig = field(default_factory=lambda: FlowConfig(num_blocks=6, hidden=128, num_layers=3,
                                                                 activation="leaky_relu", clamp=1.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=500, lr=3e-3, lr_final=1e-5))
@@ -103,6 +199,10 @@ class INNConfig:
             raise ValueError(f"INNConfig: latent_dim must be >= 1, got {self.latent_dim}")
         if self.x_ramp_epochs < 0:
             raise ValueError(f"INNConfig: x_ramp_epochs must be >= 0, got {self.x_ramp_epochs}")
+        if self.y_loss not in Y_LOSSES:
+            raise ValueError(f"INNConfig: y_loss must be one of {Y_LOSSES}, got {self.y_loss!r}")
+        if not 0 < self.label_smoothing < 1:
+            raise ValueError(f"INNConfig: label_smoothing must lie in (0, 1), got {self.label_smoothing}")
         if isinstance(self.flow, dict):
             object.__setattr__(self, "flow", FlowConfig(**self.flow))
         if isinstance(self.train, dict):
@@ -143,8 +243,11 @@ class BidirectionalINN(nn.Module):
         flow: coupling-flow architecture.
         lo, hi: prior support bounds ``(D,)`` (``None`` or inf where unbounded).
         pad_noise, y_noise: training noise levels (see the module docstring); kept with the model.
+        y_loss, label_smoothing: ``"mse"`` (y-space = ``y``) or ``"ce"`` (y-space = centred log of the smoothed
+            label vectors, :func:`encode_labels`); kept with the model, since sampling must encode ``y`` the same way.
 
-    Implements the model protocol of ``sbi_inn.posterior``; the condition is the standardised observation.
+    Implements the model protocol of ``sbi_inn.posterior``; the condition is the standardised y-space value of the
+    observation (:meth:`encode_y`).
 
     Example:
         >>> inn = BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, flow=FlowConfig(num_blocks=2, hidden=16))
@@ -154,11 +257,18 @@ class BidirectionalINN(nn.Module):
 
     def __init__(self, param_dim: int, obs_dim: int, *, latent_dim: int, nominal_dim: int,
                  flow: FlowConfig | dict | None = None, lo: Tensor | None = None, hi: Tensor | None = None,
-                 pad_noise: float = 1e-2, y_noise: float = 1e-3):
+                 pad_noise: float = 1e-2, y_noise: float = 1e-3, y_loss: str = "mse", label_smoothing: float = 0.05):
         super().__init__()
         if nominal_dim < max(param_dim, obs_dim + latent_dim):
             raise ValueError(f"BidirectionalINN: nominal_dim {nominal_dim} < max(D={param_dim}, "
                              f"M + K={obs_dim + latent_dim})")
+        if y_loss not in Y_LOSSES:
+            raise ValueError(f"BidirectionalINN: y_loss must be one of {Y_LOSSES}, got {y_loss!r}")
+        if y_loss == "ce" and obs_dim < 2:
+            raise ValueError(f"BidirectionalINN: y_loss='ce' needs label vectors of M >= 2 classes, got M={obs_dim}")
+        if not 0 < label_smoothing < 1:
+            raise ValueError(f"BidirectionalINN: label_smoothing must lie in (0, 1), got {label_smoothing}")
+        self.y_loss, self.label_smoothing = str(y_loss), float(label_smoothing)
         self.D, self.M, self.K, self.N = int(param_dim), int(obs_dim), int(latent_dim), int(nominal_dim)
         self.flow_config = flow if isinstance(flow, FlowConfig) else FlowConfig(**(flow or {}))
         self.pad_noise, self.y_noise = float(pad_noise), float(y_noise)
@@ -179,10 +289,12 @@ class BidirectionalINN(nn.Module):
     def config(self) -> dict:
         return {"type": "inn", "param_dim": self.D, "obs_dim": self.M, "latent_dim": self.K,
                 "nominal_dim": self.N, "flow": self.flow_config.to_dict(), "lo": _bound_list(self.support.lo),
-                "hi": _bound_list(self.support.hi), "pad_noise": self.pad_noise, "y_noise": self.y_noise}
+                "hi": _bound_list(self.support.hi), "pad_noise": self.pad_noise, "y_noise": self.y_noise,
+                "y_loss": self.y_loss, "label_smoothing": self.label_smoothing}
 
     @classmethod
     def from_config(cls, config: dict) -> BidirectionalINN:
+        """Rebuild from :meth:`config` (configs saved before ``y_loss`` existed give ``"mse"``)."""
         c = dict(config)
         if c.pop("type", "inn") != "inn":
             raise ValueError(f"BidirectionalINN.from_config: not an 'inn' config: {config.get('type')!r}")
@@ -191,10 +303,27 @@ class BidirectionalINN(nn.Module):
 
     @torch.no_grad()
     def fit_normalization(self, x: Tensor, y: Tensor) -> BidirectionalINN:
-        """Fit the standardisation of ``x`` (in the unconstrained space) and ``y`` to training data."""
+        """Fit the standardisation of ``x`` (in the unconstrained space) and of ``y`` (in y-space) to training data."""
         self.x_norm.fit(self.support.inverse(x))
-        self.y_norm.fit(y)
+        self.y_norm.fit(self.y_space(y))
         return self
+
+    # -- observations: y-space and its standardisation -----------------------------------------------------------
+    def y_space(self, y: Tensor) -> Tensor:
+        """Observations ``(n, M)`` -> y-space ``(n, M)``: ``y`` itself (``"mse"``), or for ``"ce"`` the centred log
+        of the smoothed labels (:func:`encode_labels`; non-label ``y`` raises ``ValueError``)."""
+        if self.y_loss == "mse":
+            return y
+        check_labels(y, self.M)
+        return encode_labels(y, self.label_smoothing)
+
+    def encode_y(self, y: Tensor) -> Tensor:
+        """Observations ``(n, M)`` -> the standardised y-space value ``(n, M)`` that the inverse pass is fed."""
+        return self.y_norm(self.y_space(y))
+
+    def logits(self, fy: Tensor) -> Tensor:
+        """Forward output ``f_y`` ``(n, M)`` (standardised) -> y-space ``(n, M)``: the logits for ``"ce"``."""
+        return self.y_norm.inverse(fy)
 
     # -- the two directions in the internal (standardised, padded) space ------------------------------------------
     def encode_x(self, x: Tensor) -> Tensor:
@@ -228,10 +357,10 @@ class BidirectionalINN(nn.Module):
 
     # -- posterior protocol ---------------------------------------------------------------------------------------
     def condition(self, y: Tensor, sizes: Tensor | None = None) -> Tensor:
-        """Standardised observations ``(B, M)``."""
+        """Standardised y-space values ``(B, M)`` of observations ``(B, M)`` (:meth:`encode_y`)."""
         if sizes is not None:
             raise ValueError("BidirectionalINN does not take set-valued observations")
-        return self.y_norm(y)
+        return self.encode_y(y)
 
     def latent_to_x(self, c: Tensor, z: Tensor) -> Tensor:
         """Parameters ``x = g_x(y, z)`` ``(n, D)`` for conditions ``c = condition(y)`` and latents ``z``, each with
@@ -276,21 +405,33 @@ class BidirectionalINN(nn.Module):
 def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig) -> dict[str, Tensor]:
     """The unweighted loss terms of thesis 4.1.2 for a batch ``x (B, D)``, ``y (B, M)`` (see module docstring).
 
+    With ``model.y_loss == "ce"`` the observations enter every pass as :meth:`BidirectionalINN.encode_y` (the
+    centred log of the smoothed labels, standardised) and ``L_y`` is :func:`label_loss` on the logits
+    ``model.logits(f_y(x))``; the forward optimum is then the same value the backward passes are fed.
+
     Returns:
         dict with scalar tensors ``y``, ``z``, ``x``, ``pad`` and ``rec`` (zero where a term does not apply).
     """
+    if (config.y_loss, config.label_smoothing) != (model.y_loss, model.label_smoothing) and (
+            config.y_loss == "ce" or model.y_loss == "ce"):
+        raise ValueError(f"inn_losses: config has y_loss={config.y_loss!r}, label_smoothing={config.label_smoothing} "
+                         f"but the model was built with y_loss={model.y_loss!r}, "
+                         f"label_smoothing={model.label_smoothing}")
     D, M, K, N = model.D, model.M, model.K, model.N
     kernel_x = config.kernel_x or config.kernel
     widths_x = config.widths_x or config.widths
     u = model.encode_x(x)
-    ys = model.y_norm(y)
+    ys = model.encode_y(y)
     ys = ys + config.y_noise * torch.randn_like(ys)
     zero = u.new_zeros(())
 
     # forward pass: L_y, L_z (gradient blocked through f_y), padding of the output kept at zero
     out = model(model.pad_x(u, config.pad_noise))[0]
     fy, fz, fpad = model.split_yz(out)
-    l_y = ((fy - ys) ** 2).sum(-1).mean()
+    if model.y_loss == "ce":
+        l_y = label_loss(model.logits(fy), y, model.label_smoothing)
+    else:
+        l_y = ((fy - ys) ** 2).sum(-1).mean()
     z = torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
     l_z = mmd(torch.cat([fy.detach(), fz], 1), torch.cat([ys, z], 1), kernel=config.kernel, widths=config.widths)
     l_pad = (fpad**2).sum(-1).mean() if N > M + K else zero
@@ -340,7 +481,8 @@ def build_inn(param_dim: int, obs_dim: int, config: INNConfig, *, prior_bounds=N
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BidirectionalINN(param_dim, obs_dim, latent_dim=k, nominal_dim=n, flow=config.flow, lo=lo, hi=hi,
-                                pad_noise=config.pad_noise, y_noise=config.y_noise)
+                                pad_noise=config.pad_noise, y_noise=config.y_noise, y_loss=config.y_loss,
+                                label_smoothing=config.label_smoothing)
 
 
 def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val: Tensor | None = None, *,
@@ -350,7 +492,8 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
     """Train a bidirectional INN on simulated pairs and return it as a :class:`~sbi_inn.posterior.Posterior`.
 
     Args:
-        x_train, y_train: parameters ``(n, D)`` (inside the prior support) and observations ``(n, M)``.
+        x_train, y_train: parameters ``(n, D)`` (inside the prior support) and observations ``(n, M)`` (label
+            vectors for ``config.y_loss == "ce"``, else ``ValueError``).
         x_val, y_val: a validation split (optional; used for early stopping and the best-epoch weights).
         prior_bounds: ``(lo, hi)`` support bounds ``(D,)`` of the prior (``None``: unbounded).
         param_names: names of the ``D`` parameters (default ``x0, x1, ...``).

@@ -9,7 +9,7 @@ A model plugged in here implements this small protocol (both ``sbi_inn.cinn`` an
     model.param_dim                         # D
     model.condition(y, sizes) -> c          # (B, C): summary of each observation, computed once
     model.sample_given(c, n, generator)     # (n, B, D) samples in parameter space, inside the prior support
-    model.log_prob_given(x, c)              # (N,) for x (N, D), c (N, C); NotImplementedError where undefined
+    model.log_prob_given(x, c)              # (N,) for x (N, D), c (N, C) or (1, C); NotImplementedError if undefined
     model.config() -> dict                  # JSON; MODEL_TYPES[config["type"]].from_config(config) rebuilds it
 
 References:
@@ -225,7 +225,7 @@ class Posterior(nn.Module):
         event_ndim = len(self.obs_shape) + (1 if self.is_set_valued else 0)
         if y_t.ndim == event_ndim:
             Y, sz = self._as_batch(y_t, sizes, single=True)
-            c = self.model.condition(Y, sz).expand(x.shape[0], -1)
+            c = self.model.condition(Y, sz)  # (1, C), broadcast over the rows of x
         else:
             Y, sz = self._as_batch(y_t, sizes, single=False)
             if Y.shape[0] != x.shape[0]:
@@ -295,25 +295,32 @@ class Posterior(nn.Module):
         return path
 
     def __repr__(self) -> str:
-        try:
-            kind = self.model.config().get("type", "?")
-        except NotImplementedError:  # e.g. a cINN with a custom summary network has no JSON config
-            kind = "?"
+        kind = self.model.config().get("type", "?")
         return (f"Posterior(method={kind!r}, params={self.param_names}, obs_shape={self.obs_shape}, "
                 f"set_valued={self.is_set_valued}, device={self.device})")
 
 
-def model_from_config(config: dict) -> nn.Module:
-    """Rebuild an untrained model from its JSON configuration (``config["type"]`` picks the class)."""
+def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Module:
+    """Rebuild an untrained model from its JSON configuration (``config["type"]`` picks the class); ``summary`` is
+    the user's summary module for a cINN trained with a custom one."""
     kind = config.get("type")
     if kind not in MODEL_TYPES:
         raise ValueError(f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
     module_name, cls_name = MODEL_TYPES[kind].split(":")
-    return getattr(importlib.import_module(module_name), cls_name).from_config(config)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if summary is None:
+        return cls.from_config(config)
+    if kind != "cinn":
+        raise ValueError(f"summary= applies to cinn posteriors only, this file holds a {kind!r} model")
+    return cls.from_config(config, summary=summary)
 
 
-def load_posterior(path: str | Path, device: str | torch.device = "auto") -> Posterior:
+def load_posterior(path: str | Path, device: str | torch.device = "auto", *,
+                   summary: nn.Module | None = None) -> Posterior:
     """Load a posterior written by :meth:`Posterior.save` onto ``device`` (a GPU-trained model loads on CPU).
+
+    ``summary``: for a cINN trained with a custom summary network, a freshly built instance of the same
+    architecture (its weights are read from the file).
 
     Raises:
         FileNotFoundError: no such file.
@@ -335,7 +342,7 @@ def load_posterior(path: str | Path, device: str | torch.device = "auto") -> Pos
         raise ValueError(f"{path} was written in posterior format {header.get('format_version')} by sbi_inn "
                          f"{header.get('package_version')}; this sbi_inn ({__version__}) reads format "
                          f"{FORMAT_VERSION}")
-    model = model_from_config(header["model"])
+    model = model_from_config(header["model"], summary=summary)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -9,7 +9,7 @@ import torch
 
 from sbi_inn.cinn import ConditionalINN, rq_spline
 from sbi_inn.flows import FlowConfig
-from sbi_inn.posterior import Posterior
+from sbi_inn.posterior import Posterior, load_posterior
 from sbi_inn.transforms import standard_normal_log_prob
 
 INF = math.inf
@@ -202,12 +202,37 @@ def test_constructor_errors():
         ConditionalINN.from_config({"type": "inn"})
 
 
-def test_custom_summary_cannot_be_saved(tmp_path):
-    net = torch.nn.Linear(3, 4)
-    net.out_dim = 4
-    model = ConditionalINN(2, (3,), summary=net, flow=FlowConfig(num_blocks=1, hidden=4))
+def test_custom_summary_saves_weights_and_loads_with_the_module(tmp_path):
+    class Net(torch.nn.Module):
+        out_dim = 4
+
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+
+        def forward(self, y):
+            return torch.tanh(self.lin(y))
+
+    torch.manual_seed(0)
+    model = ConditionalINN(2, (3,), summary=Net(), flow=FlowConfig(num_blocks=1, hidden=4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
     post = Posterior(model, param_names=["a", "b"], obs_shape=(3,))
-    assert post.sample((3,), torch.zeros(3)).shape == (3, 2)
-    assert "Posterior(" in repr(post)
-    with pytest.raises(NotImplementedError, match="cannot be saved"):
-        post.save(tmp_path / "p.sbi")
+    y = torch.tensor([0.1, -0.2, 0.3])
+    assert "Posterior(method='cinn'" in repr(post)
+    path = post.save(tmp_path / "p.sbi")
+    with pytest.raises(ValueError, match="custom summary network .*Net"):
+        load_posterior(path)
+    back = load_posterior(path, device="cpu", summary=Net())  # fresh weights, overwritten from the file
+    assert torch.equal(back.sample((20,), y, seed=3), post.sample((20,), y, seed=3))
+    x = post.sample((5,), y, seed=1)
+    assert torch.allclose(back.log_prob(x, y), post.log_prob(x, y))
+    wrong = torch.nn.Linear(3, 5)
+    wrong.out_dim = 5
+    with pytest.raises(ValueError, match="out_dim"):
+        load_posterior(path, summary=wrong)
+    plain = Posterior(ConditionalINN(2, (3,), flow=FlowConfig(num_blocks=1, hidden=4)), param_names=["a", "b"],
+                      obs_shape=(3,)).save(tmp_path / "q.sbi")
+    with pytest.raises(ValueError, match="only for posteriors trained with a custom"):
+        load_posterior(plain, summary=Net())

@@ -456,3 +456,19 @@ def test_progress_bar_and_warning_free_default(tmp_path, capsys):
         run(noisy, 50, tmp_path / "a.h5", chunk_size=20, show_progress=True)
     assert "50/50" in capsys.readouterr().err
     assert os.path.getsize(tmp_path / "a.h5") > 0
+
+
+def test_dataset_max_rows_uses_only_the_first_rows(tmp_path):
+    from simulators import get_simulator
+
+    sim = get_simulator("inverse_kinematics")
+    path = tmp_path / "ik.h5"
+    simulate_to_hdf5(sim, sim.prior, 100, path, seed=0, chunk_size=30, show_progress=False)
+    full = load_hdf5(path)
+    ds = HDF5Dataset(path, "all", max_rows=45)
+    assert len(ds) == 45
+    x, _ = ds.get_batch(list(range(45)))
+    assert torch.equal(torch.sort(x[:, 0]).values, torch.sort(full["x"][:45, 0]).values)
+    assert len(HDF5Dataset(path, "all", max_rows=1000)) == 100
+    with pytest.raises(ValueError, match="max_rows"):
+        HDF5Dataset(path, max_rows=0)

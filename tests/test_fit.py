@@ -191,6 +191,9 @@ def test_data_file_round_trip(tmp_path):
     streamed = fit_posterior(data=path, config={**TINY, "max_memory_bytes": 1}, show_progress=False, seed=0)
     assert streamed.metadata["data"]["num_train"] + streamed.metadata["data"]["num_val"] == 300
     assert torch.isfinite(streamed.sample((10,), torch.tensor([0.5, 0.0]), seed=0)).all()
+    # a simulator run asking for fewer rows than the (reused) file holds streams only those rows
+    fewer = tiny_fit(prior=prior, n=120, data=path, seed=0, config={**TINY, "max_memory_bytes": 1})
+    assert fewer.metadata["data"]["num_train"] + fewer.metadata["data"]["num_val"] == 120
 
 
 def test_set_valued_fit_runs():

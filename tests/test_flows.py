@@ -40,13 +40,51 @@ def test_fresh_flow_is_a_rotation_and_condition_matters_after_training_weights_c
     assert not torch.allclose(flow(x, c1)[0], flow(x, c2)[0])
 
 
-def test_soft_clamp_bounds_the_log_scale():
+@pytest.mark.parametrize("cond_dim", [0, 3])
+def test_soft_clamp_bounds_the_log_scale(cond_dim):
     """Eq. 3.13: every coupling log-scale is alpha * tanh(s / alpha), so |log det| <= alpha * dim per block."""
     alpha = 0.5
-    flow = CouplingFlow(4, 0, FlowConfig(num_blocks=1, hidden=8, clamp=alpha))
+    flow = CouplingFlow(4, cond_dim, FlowConfig(num_blocks=1, hidden=8, clamp=alpha))
     _randomise(flow, std=5.0)
-    _, logdet = flow(10 * torch.randn(100, 4))
+    c = 10 * torch.randn(100, cond_dim) if cond_dim else None
+    _, logdet = flow(10 * torch.randn(100, 4), c)
     assert logdet.abs().max() <= alpha * 4 + 1e-4
+    assert logdet.abs().max() > 0.5 * alpha  # the clamp is reached, not bypassed
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "silu", "tanh", "gelu"])
+def test_condition_once_per_observation_equals_one_per_row(activation):
+    """A (B, C) condition over rows laid out (n, B) gives exactly what the repeated (n * B, C) condition gives,
+    in both directions, with gradients on (training) and off (sampling, in-place activations)."""
+    flow = CouplingFlow(5, 3, FlowConfig(num_blocks=2, hidden=16, num_layers=2, activation=activation))
+    _randomise(flow, std=0.3)
+    n, B = 4, 3
+    gen = torch.Generator().manual_seed(1)
+    x, c = torch.randn(n * B, 5, generator=gen), torch.randn(B, 3, generator=gen)
+    z_rep, ld_rep = flow(x, c.repeat(n, 1))
+    z_b, ld_b = flow(x, c)
+    assert torch.allclose(z_b, z_rep, atol=1e-6) and torch.allclose(ld_b, ld_rep, atol=1e-6)
+    with torch.no_grad():
+        x_b, _ = flow.inverse(z_rep, c, jac=False)
+        x_one, _ = flow.inverse(z_rep[:B], c)  # B == N
+        x_single, _ = flow.inverse(z_rep[::B], c[:1])  # one observation: rows 0, B, 2B, ... use c[0]
+    assert torch.allclose(x_b, x, atol=1e-4)  # float32 round trip
+    assert torch.allclose(x_one, x[:B], atol=1e-4)
+    assert torch.allclose(x_single, x[::B], atol=1e-4)
+
+
+def test_split_first_layer_is_the_concatenation_of_eq_3_10():
+    """W_u u + W_c c + b equals one linear layer on [u; c] (thesis eq. 3.10)."""
+    flow = CouplingFlow(4, 3, FlowConfig(num_blocks=1, hidden=8, num_layers=1))
+    _randomise(flow)
+    net = flow.inn[0].net1
+    u, c = torch.randn(5, 2), torch.randn(5, 3)
+    full = torch.nn.Linear(5, 8)
+    with torch.no_grad():
+        full.weight.copy_(torch.cat([net.inp.weight, net.cond.weight], 1))
+        full.bias.copy_(net.inp.bias)
+    expected = net.out(torch.relu(full(torch.cat([u, c], 1))))
+    assert torch.allclose(net(u, net.project(c)), expected, atol=1e-6)
 
 
 def test_orthogonal_and_seeded():
@@ -76,5 +114,7 @@ def test_bad_arguments():
         flow(torch.randn(4, 3))
     with pytest.raises(ValueError, match="condition"):
         flow(torch.randn(4, 3), torch.randn(4, 5))
+    with pytest.raises(ValueError, match="B dividing 4"):
+        flow(torch.randn(4, 3), torch.randn(3, 2))
     with pytest.raises(TypeError):
         FlowConfig(num_block=3)

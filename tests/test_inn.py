@@ -1,7 +1,9 @@
 """The bidirectional INN (sbi_inn.inn): invertibility, log-dets, where each loss sends gradients, training on the
-Gaussian mixture (with an ablation that must fail), checkpoint resume, save/load, no log_prob."""
+Gaussian mixture (with an ablation that must fail), checkpoint resume, save/load, no log_prob; the cross-entropy
+option for label observations (y_loss="ce": encoding, forward optimum = inverse input, training, save/load)."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -9,7 +11,16 @@ import torch
 
 import sbi_inn.inn as inn_module
 from sbi_inn.flows import FlowConfig
-from sbi_inn.inn import BidirectionalINN, INNConfig, fit_inn, inn_losses
+from sbi_inn.inn import (
+    BidirectionalINN,
+    INNConfig,
+    build_inn,
+    encode_labels,
+    fit_inn,
+    inn_losses,
+    label_loss,
+    smoothed_labels,
+)
 from sbi_inn.posterior import Posterior, load_posterior
 from sbi_inn.train import TrainConfig
 from simulators import get_simulator
@@ -223,3 +234,188 @@ def test_log_prob_is_not_available(D, M, K, N):
     post = Posterior(model, param_names=list("abcd")[:D], obs_shape=(M,))
     with pytest.raises(NotImplementedError, match="method='cinn'"):
         post.log_prob(torch.zeros(3, D), torch.zeros(M))
+
+
+# -- cross-entropy for label observations (y_loss="ce", thesis 4.1.2) ------------------------------------------------
+
+
+def test_y_loss_config_validation_and_round_trip():
+    with pytest.raises(ValueError, match="y_loss"):
+        INNConfig(y_loss="xent")
+    for eps in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            INNConfig(label_smoothing=eps)
+    cfg = INNConfig(y_loss="ce", label_smoothing=0.1, latent_dim=2)
+    d = json.loads(json.dumps(cfg.to_dict()))  # as stored in a saved posterior's metadata
+    assert d["y_loss"] == "ce" and d["label_smoothing"] == 0.1
+    assert INNConfig.from_dict(d) == cfg
+    # configs written before the option existed load as the squared loss
+    old = INNConfig().to_dict()
+    del old["y_loss"], old["label_smoothing"]
+    assert INNConfig.from_dict(old) == INNConfig() and INNConfig.from_dict(old).y_loss == "mse"
+    # the model keeps the option (sampling must encode y as training did) and round-trips it through its config
+    model = build_inn(2, 4, dataclasses.replace(cfg, nominal_dim=8, flow=SMALL_FLOW))
+    assert (model.y_loss, model.label_smoothing) == ("ce", 0.1)
+    c = json.loads(json.dumps(model.config()))
+    assert c["y_loss"] == "ce" and BidirectionalINN.from_config(c).config() == model.config()
+    del c["y_loss"], c["label_smoothing"]
+    assert BidirectionalINN.from_config(c).y_loss == "mse"
+    with pytest.raises(ValueError, match="y_loss"):
+        BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, y_loss="bce")
+    with pytest.raises(ValueError, match="M >= 2"):
+        BidirectionalINN(2, 1, latent_dim=2, nominal_dim=3, y_loss="ce")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, y_loss="ce", label_smoothing=0.0)
+    # a loss config that disagrees with the model's y-space is refused
+    with pytest.raises(ValueError, match="y_loss"):
+        inn_losses(model, torch.zeros(3, 2), torch.eye(4)[:3], INNConfig(latent_dim=2, nominal_dim=8))
+
+
+def _ce_model(eps: float = 0.05) -> BidirectionalINN:
+    torch.manual_seed(0)
+    model = BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, flow=SMALL_FLOW, y_loss="ce", label_smoothing=eps)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3] * 8)
+    return _randomize(model).fit_normalization(torch.randn(64, 2), torch.eye(4)[labels])
+
+
+def test_label_encoding_values_and_non_label_errors():
+    eps, K = 0.05, 4
+    t = encode_labels(torch.eye(K), eps)
+    # one-hot: q = 1 - eps + eps/K on the label, eps/K elsewhere; centred log q = (K-1)/K r and -r/K, r = log 77
+    r = math.log(1 + (1 - eps) * K / eps)
+    assert r == pytest.approx(math.log(77))
+    expected = torch.full((K, K), -r / K) + torch.eye(K) * r
+    torch.testing.assert_close(t, expected, rtol=0, atol=1e-5)
+    assert t.sum(-1).abs().max() < 1e-5
+    # class probabilities: q = (1 - eps) y + eps/K, then centred log
+    y = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    q = (1 - eps) * y + eps / K
+    torch.testing.assert_close(smoothed_labels(y, eps), q)
+    torch.testing.assert_close(encode_labels(y, eps), q.log() - q.log().mean(-1, keepdim=True))
+    # the model feeds exactly this value (standardised) to the inverse pass, and reads its forward output back as
+    # logits by undoing the same standardisation
+    model = _ce_model(eps)
+    c = model.condition(torch.eye(K))
+    torch.testing.assert_close(c, model.y_norm(expected), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.logits(c), expected, rtol=0, atol=1e-5)
+    # non-label observations raise, naming the problem, on every path in
+    bad = {"sum to 1": [[0.5, 0.7, 0.0, 0.0]], r"\[0, 1\]": [[1.5, -0.5, 0.0, 0.0]], "shape": [[1.0, 0.0, 0.0]],
+           "NaN": [[math.nan, 1.0, 0.0, 0.0]]}
+    for match, value in bad.items():
+        with pytest.raises(ValueError, match=match):
+            model.condition(torch.tensor(value))
+    post = Posterior(model, param_names=["a", "b"], obs_shape=(K,))
+    assert post.sample((5,), torch.eye(K)[1], seed=0).shape == (5, 2)  # a plain one-hot works unchanged
+    with pytest.raises(ValueError, match="label observations"):
+        post.sample((5,), torch.tensor([0.3, 2.0, 0.1, 0.0]), seed=0)
+    sim, x, y_gm = _gm_data(50, 0)
+    config = INNConfig(latent_dim=2, nominal_dim=8, y_loss="ce", flow=SMALL_FLOW, train=TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="sum to 1"):
+        fit_inn(x, 0.5 * y_gm, config=config, show_progress=False)
+    # the squared loss still takes any observation
+    mse = _model()
+    assert torch.equal(mse.condition(torch.tensor([[0.5, 0.7, 3.0, -1.0]])),
+                       mse.y_norm(torch.tensor([[0.5, 0.7, 3.0, -1.0]])))
+
+
+def test_ce_gradient_vanishes_where_the_inverse_is_fed():
+    eps = 0.05
+    y = torch.cat([torch.eye(4), torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]])])
+    q = smoothed_labels(y, eps)
+    target = encode_labels(y, eps).requires_grad_(True)
+    loss = label_loss(target, y, eps)
+    (grad,) = torch.autograd.grad(loss, target)
+    assert grad.abs().max() < 1e-6  # the forward optimum is the encoded label ...
+    assert loss.item() == pytest.approx(-(q * q.log()).sum(-1).mean().item(), abs=1e-5)  # ... with L_y = H(q)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):  # ... and a strict minimum: every direction costs, the class-mean shift included
+        delta = 0.3 * torch.randn(y.shape, generator=g)
+        assert label_loss(target.detach() + delta, y, eps) > loss
+    shifted = (target.detach() + 1.0).requires_grad_(True)
+    (grad_shift,) = torch.autograd.grad(label_loss(shifted, y, eps), shifted)
+    assert grad_shift.abs().min() > 1e-3  # the shift the CE cannot see is pinned by the penalty
+
+    # the same through inn_losses: a forward output equal to the standardised encoded label has zero L_y gradient
+    model = _ce_model(eps)
+    config = INNConfig(latent_dim=2, nominal_dim=8, y_loss="ce", label_smoothing=eps)
+
+    def l_y_grad(y_space_value):
+        out = torch.cat([y_space_value, torch.zeros(len(y), 4)], 1).requires_grad_(True)
+        model.forward = lambda x_padded: (out, torch.zeros(len(y)))
+        try:
+            terms = inn_losses(model, torch.zeros(len(y), 2), y, config)
+        finally:
+            del model.forward
+        return torch.autograd.grad(terms["y"], out)[0]
+
+    assert l_y_grad(model.encode_y(y).detach()).abs().max() < 1e-6
+    uncentred = model.y_norm(torch.log(q))  # log q itself (not centred) is a CE optimum too, but not the one fed
+    assert l_y_grad(uncentred).abs().max() > 1e-2
+
+
+GM_CE = dataclasses.replace(GM_FAST, y_loss="ce", w_y=100.0)  # w_y: see the INNConfig docstring
+
+
+def test_short_ce_training_on_gaussian_mixture_finds_the_modes_and_broken_ce_fails(monkeypatch):
+    sim, x, y = _gm_data(6000, 0)
+    post = fit_inn(x, y, param_names=sim.param_names, config=GM_CE, show_progress=False)  # ~150 steps
+    good = _fraction_in_correct_modes(post, sim)
+    model = post.model.eval()
+    with torch.no_grad():
+        logits = model.logits(model.split_yz(model(model.pad_x(model.encode_x(x[:2000])))[0])[0])
+    shift = logits.mean(-1).abs().mean().item()
+
+    def wrong_sign(logits, y, eps):  # maximises the CE (the shift penalty kept)
+        ce = -(smoothed_labels(y, eps) * torch.log_softmax(logits, -1)).sum(-1)
+        return (-ce + logits.mean(-1) ** 2).mean()
+
+    monkeypatch.setattr(inn_module, "label_loss", wrong_sign)
+    try:
+        bad_sign = _fraction_in_correct_modes(fit_inn(x, y, config=GM_CE, show_progress=False), sim)
+    except FloatingPointError:  # the unbounded loss diverged (clipping keeps it finite here): broken either way
+        bad_sign = [0.0] * 4
+    monkeypatch.undo()
+    # the inverse fed log q without centring: still a CE optimum, but not the forward pass's (the penalty's) one
+    monkeypatch.setattr(inn_module, "encode_labels", lambda y, eps: torch.log(smoothed_labels(y, eps)))
+    bad_shift = _fraction_in_correct_modes(fit_inn(x, y, config=GM_CE, show_progress=False), sim)
+    monkeypatch.undo()
+    threshold = 0.5  # mean over the four labels, as for the squared loss
+    print("fraction in correct modes (ce):", good, "wrong-sign CE:", bad_sign, "uncentred inverse input:", bad_shift,
+          "mean |logit mean|:", shift)
+    assert sum(good) / 4 > threshold, good
+    assert sum(bad_sign) / 4 < threshold, bad_sign
+    assert sum(bad_shift) / 4 < threshold, bad_shift
+    assert shift < 0.1  # the penalty keeps the logits centred, where the inverse is fed
+    history = post.metadata["history"]
+    assert history[-1]["L_y"] < history[0]["L_y"]
+    assert post.metadata["config"]["y_loss"] == "ce"
+
+
+def test_ce_save_load_round_trip_and_old_files_load_as_mse(tmp_path):
+    sim, x, y = _gm_data(400, 2)
+    config = INNConfig(latent_dim=2, nominal_dim=6, y_loss="ce", label_smoothing=0.1, flow=SMALL_FLOW,
+                       train=TrainConfig(epochs=1, batch_size=200))
+    post = fit_inn(x, y, param_names=sim.param_names, config=config, show_progress=False)
+    loaded = load_posterior(post.save(tmp_path / "gm_ce.sbi"), device="cpu")
+    assert loaded.model.config() == post.model.config()
+    assert (loaded.model.y_loss, loaded.model.label_smoothing) == ("ce", 0.1)
+    assert INNConfig.from_dict(loaded.metadata["config"]) == dataclasses.replace(config, train=dataclasses.replace(
+        config.train, seed=0))
+    for label in range(4):
+        y0 = torch.eye(4)[label]
+        assert torch.equal(loaded.sample((50,), y0, seed=label), post.sample((50,), y0, seed=label))
+    with pytest.raises(ValueError, match="sum to 1"):
+        loaded.sample((5,), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+
+    # a file written before y_loss existed (no y_loss / label_smoothing anywhere) loads as the squared loss
+    mse = fit_inn(x, y, param_names=sim.param_names, config=dataclasses.replace(config, y_loss="mse"),
+                  show_progress=False)
+    path = mse.save(tmp_path / "gm_old.sbi")
+    blob = torch.load(path, weights_only=True)
+    header = json.loads(blob["header"])
+    for d in (header["model"], header["metadata"]["config"]):
+        del d["y_loss"], d["label_smoothing"]
+    torch.save({"header": json.dumps(header), "state_dict": blob["state_dict"]}, path)
+    old = load_posterior(path, device="cpu")
+    assert old.model.y_loss == "mse" and INNConfig.from_dict(old.metadata["config"]).y_loss == "mse"
+    assert torch.equal(old.sample((50,), torch.eye(4)[0], seed=1), mse.sample((50,), torch.eye(4)[0], seed=1))
