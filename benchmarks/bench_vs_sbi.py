@@ -80,7 +80,7 @@ SIMULATORS = {
     # name: (get_simulator kwargs, number of test observations, reference kind)
     "gaussian_mixture": ({}, 4, "exact"),
     "inverse_kinematics": ({"noise": 0.01}, 3, "likelihood_rejection"),
-    "tissue_spectra": ({}, 2, "mcmc"),
+    "tissue_spectra": ({}, 4, "mcmc"),
     "gaussian_sets": ({"min_size": 10, "max_size": 10}, 3, "exact"),
 }
 SET_SIZE = 10
@@ -233,7 +233,7 @@ def worker(spec: dict) -> dict:
         rss0 = mem.start()
         t0 = time.perf_counter()
         posterior = fit_posterior(data=spec["data"], prior=sim.prior, seed=spec["seed"], show_progress=False,
-                                  config=spec.get("fit_config"))
+                                  config=spec.get("fit_config"), summary=spec.get("summary") or "auto")
         train_time = time.perf_counter() - t0
         info = {"epochs": int(posterior.metadata.get("epochs_run", len(posterior.history))),
                 "inner_train_seconds": posterior.metadata.get("train_seconds"),
@@ -456,6 +456,7 @@ def main(argv=None) -> int:
                     help="run only these methods (e.g. sbi_inn while tuning)")
     ap.add_argument("--fit-config", type=json.loads, default=None,
                     help="JSON dict of FitConfig fields for sbi_inn instead of its defaults (recorded in the JSON)")
+    ap.add_argument("--summary", default=None, help="summary= for sbi_inn's vector observations instead of 'auto'")
     ap.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -511,6 +512,7 @@ def main(argv=None) -> int:
                 for method in args.methods:
                     spec = {"simulator": name, "sim_kwargs": kwargs, "budget": budget, "method": method,
                             "fit_config": args.fit_config if method == "sbi_inn" else None,
+                            "summary": args.summary if method == "sbi_inn" and not sim.is_set_valued else None,
                             "data": str(data), "obs": str(obs_path), "num_samples": n_samples, "seed": args.seed,
                             "samples_out": str(workdir / f"samples_{name}_{budget}_{method}.pt")}
                     load = os.getloadavg()
@@ -538,7 +540,7 @@ def main(argv=None) -> int:
         "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
                     "note": "shared machine: other jobs ran concurrently; timings are noisy"},
         "settings": {"quick": args.quick, "budgets": budgets, "simulators": names, "seed": args.seed,
-                     "methods": args.methods, "fit_config_override": args.fit_config,
+                     "methods": args.methods, "fit_config_override": args.fit_config, "summary": args.summary,
                      "torch_num_threads": 1, "blas_threads": 1, "c2st_samples_per_observation": n_samples,
                      "c2st": "sbi_inn.diagnostics.c2st(reference, samples), 5-fold MLP, mean over test observations",
                      "single_sampling": f"{SINGLE_SAMPLES} samples for one observation, best of 3",

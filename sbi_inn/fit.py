@@ -45,7 +45,12 @@ SUMMARIES = ("auto", "mlp", "deepset", "none")
 class FitConfig:
     """Settings of :func:`fit_posterior` for ``method="cinn"`` (a wrong keyword raises ``TypeError``).
 
-    The defaults train a few-parameter problem from 10 000 simulations in about a minute on a laptop CPU.
+    The defaults train a few-parameter problem from 10 000 simulations in about a minute on a laptop CPU. The flow
+    (8 coupling blocks, subnets of one hidden layer of 64) was chosen on ``benchmarks/bench_vs_sbi.py`` for sampling
+    speed at equal accuracy: with the condition projected once per observation, such subnets cost a few hundred
+    operations per sample and block; against 6 blocks of two 128-wide layers the C2ST moved by at most +-0.03 per
+    cell (both beat sbi's defaults at 10 000 simulations) while sampling got 2.5-4x faster. Batches follow
+    ``sbi_inn.train.batch_size_for`` (64 for 1000 simulations, 256 from about 4000 on).
 
     Attributes:
         flow: coupling-flow architecture (``sbi_inn.flows.FlowConfig``).
@@ -66,9 +71,9 @@ class FitConfig:
         (4, 50, 16)
     """
 
-    flow: FlowConfig = field(default_factory=lambda: FlowConfig(num_blocks=6, hidden=128, num_layers=2))
+    flow: FlowConfig = field(default_factory=lambda: FlowConfig(num_blocks=8, hidden=64, num_layers=1))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=150, batch_size=256, lr=1e-3, lr_final=1e-5, patience=20, max_time=None))
+        epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, max_time=None))
     summary_dim: int | None = None
     summary_hidden: int = 128
     summary_layers: int = 2

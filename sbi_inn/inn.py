@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from sbi_inn.flows import CouplingFlow, FlowConfig
 from sbi_inn.losses import DEFAULT_WIDTHS, KERNELS, mmd
 from sbi_inn.posterior import Posterior
-from sbi_inn.train import TrainConfig, train
+from sbi_inn.train import TrainConfig, batch_size_for, train
 from sbi_inn.transforms import Standardize, SupportTransform
 
 Y_LOSSES = ("mse", "ce")
@@ -526,7 +526,7 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
     if x_val is not None and y_val is not None and len(x_val) > 0:
         val = (torch.as_tensor(x_val, dtype=torch.float32).to(device),
                torch.as_tensor(y_val, dtype=torch.float32).to(device))
-    steps = math.ceil(x_train.shape[0] / config.train.batch_size)
+    steps = math.ceil(x_train.shape[0] / batch_size_for(config.train, x_train.shape[0]))
     history = train(model, make_loss_fn(config, steps), (x_train.to(device), y_train.to(device)), val, config.train,
                     device=device, checkpoint_path=checkpoint_path, show_progress=show_progress,
                     val_loss_fn=make_loss_fn(config, steps, ramp=False))
@@ -545,7 +545,7 @@ def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, ove
     model = build_inn(x.shape[1], y.shape[1], config).fit_normalization(x, y)
     loss_fn = make_loss_fn(config, 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    bs = config.train.batch_size
+    bs = batch_size_for(config.train, len(x))
     for i in range(12):
         if i == 2:
             t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,7 +33,8 @@ class TrainConfig:
 
     Attributes:
         epochs: maximum number of passes over the training data.
-        batch_size: samples per gradient step.
+        batch_size: samples per gradient step; ``None`` picks :func:`batch_size_for` the training set (a small
+            simulation budget then still gets at least 16 steps per epoch).
         lr, lr_final: learning rate at the first and the last epoch (exponential decay in between).
         weight_decay: Adam weight decay.
         grad_clip: maximum gradient norm (``None`` disables clipping).
@@ -44,7 +45,7 @@ class TrainConfig:
     """
 
     epochs: int = 200
-    batch_size: int = 256
+    batch_size: int | None = 256
     lr: float = 1e-3
     lr_final: float = 1e-5
     weight_decay: float = 0.0
@@ -55,7 +56,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
+        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not (self.lr > 0 and self.lr_final > 0):
             raise ValueError(f"TrainConfig: learning rates must be positive, got {self.lr}, {self.lr_final}")
@@ -66,6 +67,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+AUTO_BATCH_MIN, AUTO_BATCH_MAX = 64, 256
+
+
+def batch_size_for(config: TrainConfig, num_rows: int) -> int:
+    """``config.batch_size``, or when it is ``None``: ``num_rows // 16`` clipped to ``[64, 256]``.
+
+    Tuned on the benchmark simulators (``benchmarks/bench_vs_sbi.py``): with 1000 simulations, batches of 64 instead
+    of 256 improved the C2ST of the inverse-kinematics posterior from 0.87 to 0.82 and changed the others within noise;
+    from about 4000 simulations on, 256 keeps epochs cheap.
+    """
+    if config.batch_size is not None:
+        return int(config.batch_size)
+    return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, num_rows // 16)))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -115,6 +131,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     val_loss_fn = val_loss_fn or loss_fn
     if _num_rows(train_data) == 0:
         raise ValueError("no training data")
+    config = replace(config, batch_size=batch_size_for(config, _num_rows(train_data)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     gamma = (config.lr_final / config.lr) ** (1.0 / max(1, config.epochs - 1))
