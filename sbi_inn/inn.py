@@ -56,7 +56,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -488,7 +488,8 @@ def build_inn(param_dim: int, obs_dim: int, config: INNConfig, *, prior_bounds=N
 def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val: Tensor | None = None, *,
             prior_bounds: tuple[Tensor, Tensor] | None = None, param_names: Sequence[str] | None = None,
             config: INNConfig | dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
-            show_progress: bool = True, checkpoint_path=None) -> Posterior:
+            show_progress: bool = True, checkpoint_path=None,
+            resample: Callable[[int], tuple[Tensor, Tensor]] | None = None) -> Posterior:
     """Train a bidirectional INN on simulated pairs and return it as a :class:`~sbi_inn.posterior.Posterior`.
 
     Args:
@@ -502,6 +503,9 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
         seed: seeds the weight initialisation and replaces ``config.train.seed`` (shuffling, loss noise).
         show_progress: a progress bar over epochs.
         checkpoint_path: checkpoint written every epoch; an existing one is resumed.
+        resample: train from the simulator directly: ``resample(epoch) -> (x, y)`` gives fresh pairs for every
+            epoch (e.g. :func:`simulation_stream`), deterministic in ``epoch``; ``x_train, y_train`` then only fit
+            the standardisation (pass ``resample(0)``).
 
     Returns:
         The trained posterior; ``metadata`` holds the config, data sizes and the per-epoch history.
@@ -527,12 +531,36 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
         val = (torch.as_tensor(x_val, dtype=torch.float32).to(device),
                torch.as_tensor(y_val, dtype=torch.float32).to(device))
     steps = math.ceil(x_train.shape[0] / batch_size_for(config.train, x_train.shape[0]))
-    history = train(model, make_loss_fn(config, steps), (x_train.to(device), y_train.to(device)), val, config.train,
+    if resample is None:
+        train_data = (x_train.to(device), y_train.to(device))
+    else:
+        def train_data(epoch: int) -> tuple[Tensor, Tensor]:
+            x, y = resample(epoch)
+            return (torch.as_tensor(x, dtype=torch.float32).to(device),
+                    torch.as_tensor(y, dtype=torch.float32).to(device))
+    history = train(model, make_loss_fn(config, steps), train_data, val, config.train,
                     device=device, checkpoint_path=checkpoint_path, show_progress=show_progress,
                     val_loss_fn=make_loss_fn(config, steps, ramp=False))
     metadata = {"method": "inn", "config": config.to_dict(), "num_train": int(x_train.shape[0]),
+                "fresh_simulations_per_epoch": resample is not None,
                 "num_val": 0 if val is None else int(val[0].shape[0]), "history": history}
     return Posterior(model, param_names=names, obs_shape=(M,), metadata=metadata)
+
+
+def simulation_stream(simulate: Callable[..., Tensor], sample_prior: Callable[..., Tensor], num: int,
+                      seed: int = 0) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """``epoch -> (x (num, D), y (num, M))``: fresh simulations for every epoch, the same ones for the same epoch.
+
+    For cheap simulators (inverse kinematics: 50 M simulations/s) training on new draws each epoch removes
+    overfitting in sparsely sampled regions at no cost. ``simulate(x, generator=g)`` and ``sample_prior(n,
+    generator=g)`` follow the ``simulators`` contract.
+    """
+    def draw(epoch: int) -> tuple[Tensor, Tensor]:
+        gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7_919 * int(epoch) + 101) % (2**63 - 1))
+        x = sample_prior(num, generator=gen)
+        return x, simulate(x, generator=gen)
+
+    return draw
 
 
 def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, overhead: float = 1.1) -> int:

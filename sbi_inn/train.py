@@ -118,7 +118,9 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     Args:
         model: the module to optimise (already on ``device``).
         loss_fn: ``loss_fn(model, batch) -> (loss, parts)``; noise it draws from the global RNG is seeded per epoch.
-        train_data, val_data: tuples of tensors or torch Datasets (``val_data`` may be ``None``).
+        train_data, val_data: tuples of tensors or torch Datasets (``val_data`` may be ``None``); ``train_data`` may
+            also be a function ``epoch -> tuple of tensors`` giving fresh training data for every epoch (simulating
+            on the fly); it must be deterministic in ``epoch`` so that resumed runs see the same data.
         config: optimisation settings.
         checkpoint_path: where to write the checkpoint after every epoch; an existing checkpoint is resumed.
         val_loss_fn: loss used on validation data (defaults to ``loss_fn``).
@@ -129,9 +131,15 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         epoch (the last epoch when there is no validation data).
     """
     val_loss_fn = val_loss_fn or loss_fn
-    if _num_rows(train_data) == 0:
+    fresh = callable(train_data) and not isinstance(train_data, (tuple, list, Dataset))
+
+    def epoch_data(epoch: int):
+        return train_data(epoch) if fresh else train_data
+
+    num_rows = _num_rows(epoch_data(0))
+    if num_rows == 0:
         raise ValueError("no training data")
-    config = replace(config, batch_size=batch_size_for(config, _num_rows(train_data)))
+    config = replace(config, batch_size=batch_size_for(config, num_rows))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     gamma = (config.lr_final / config.lr) ** (1.0 / max(1, config.epochs - 1))
@@ -158,7 +166,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(_epoch_seed(config.seed, epoch))
             gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
-            record = _run_epoch(model, loss_fn, train_data, optimizer, config, device, gen)
+            record = _run_epoch(model, loss_fn, epoch_data(epoch), optimizer, config, device, gen)
             if val_data is not None and _num_rows(val_data) > 0:
                 record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, gen)
         record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)

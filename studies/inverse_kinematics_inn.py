@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from sbi_inn import diagnostics, plots, reference  # noqa: E402
 from sbi_inn.flows import FlowConfig  # noqa: E402
-from sbi_inn.inn import INNConfig, fit_inn, plan_epochs  # noqa: E402
+from sbi_inn.inn import INNConfig, fit_inn, plan_epochs, simulation_stream  # noqa: E402
 from sbi_inn.train import TrainConfig  # noqa: E402
 from simulators import get_simulator  # noqa: E402
 
@@ -77,6 +77,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--budget-minutes", type=float, default=12.0, help="training wall-clock budget")
     parser.add_argument("--num-train", type=int, default=400_000,
                         help="simulations (thesis: 1e6; fewer give more epochs, so a smoother lr decay, per budget)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="new simulations every epoch (num-train per epoch) instead of one fixed training set")
     parser.add_argument("--num-test", type=int, default=1000, help="test observations")
     parser.add_argument("--num-samples", type=int, default=4096, help="posterior samples per test observation")
     parser.add_argument("--num-calib", type=int, default=10_000,
@@ -100,8 +102,13 @@ def main(argv=None) -> dict:
     load_start = os.getloadavg()
     sim = get_simulator("inverse_kinematics")
     gen = torch.Generator().manual_seed(args.seed)
-    x = sim.sample_prior(args.num_train, generator=gen)
-    y = sim.simulate(x, generator=gen)
+    if args.fresh:  # new simulations every epoch (thesis 4.2.2 trains on 1e6 fixed ones; IK costs nothing to run)
+        stream = simulation_stream(sim.simulate, sim.sample_prior, args.num_train, seed=args.seed)
+        x, y = stream(0)
+    else:
+        stream = None
+        x = sim.sample_prior(args.num_train, generator=gen)
+        y = sim.simulate(x, generator=gen)
     x_val = sim.sample_prior(10_000, generator=gen)
     y_val = sim.simulate(x_val, generator=gen)
 
@@ -112,7 +119,7 @@ def main(argv=None) -> dict:
     print(f"training: {epochs} epochs of {args.num_train} simulations in about {args.budget_minutes:g} min")
     t0 = time.perf_counter()
     post = fit_inn(x, y, x_val, y_val, param_names=sim.param_names, config=config, seed=args.seed,
-                   show_progress=not args.quick)
+                   show_progress=not args.quick, resample=stream)
     train_seconds = time.perf_counter() - t0
     if args.save_model:
         post.save(out / "inverse_kinematics_inn.sbi")
@@ -174,6 +181,7 @@ def main(argv=None) -> dict:
     results = {
         "budget_minutes": args.budget_minutes, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
         "epochs_planned": epochs, "epochs_run": len(post.metadata["history"]), "num_train": args.num_train,
+        "fresh_simulations_each_epoch": args.fresh,
         "num_test": args.num_test, "num_samples": args.num_samples, "seed": args.seed, "threads": args.threads,
         "load_average_start": load_start, "load_average_after_training": load_train_end,
         "cpu_count": os.cpu_count(), "config": config.to_dict(),

@@ -105,3 +105,37 @@ def test_auto_batch_size_gives_small_budgets_enough_steps():
     assert batch_size_for(TrainConfig(batch_size=32), 9000) == 32  # an explicit size is kept
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_fresh_data_every_epoch_trains_and_resumes_identically(tmp_path):
+    """train_data as a function of the epoch (simulating on the fly): each epoch sees its own data, a resumed run
+    sees the same data as an uninterrupted one."""
+    seen = []
+
+    def fresh(epoch):
+        gen = torch.Generator().manual_seed(100 + epoch)
+        x = torch.randn(1000, 3, generator=gen)
+        seen.append(float(x[0, 0]))
+        return x, x @ torch.tensor([[1.0], [2.0], [-1.0]])
+
+    _, va = _data()
+    reference = _model()
+    hist = train(reference, _loss, fresh, va, CFG, device=CPU, show_progress=False)
+    assert hist[-1]["val_loss"] < 0.2 * hist[0]["val_loss"]
+    assert len(set(seen)) == 5  # epochs 0..4 (epoch 0 also sized the batches)
+
+    calls = {"n": 0}
+
+    def interrupted(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 40:
+            raise KeyboardInterrupt
+        return _loss(model, batch)
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), interrupted, fresh, va, CFG, device=CPU, checkpoint_path=ckpt, show_progress=False)
+    resumed = _model()
+    train(resumed, _loss, fresh, va, CFG, device=CPU, checkpoint_path=ckpt, show_progress=False)
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
