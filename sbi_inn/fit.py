@@ -50,7 +50,7 @@ class FitConfig:
     speed at equal accuracy: with the condition projected once per observation, such subnets cost a few hundred
     operations per sample and block; against 6 blocks of two 128-wide layers the C2ST moved by at most +-0.03 per
     cell (both beat sbi's defaults at 10 000 simulations) while sampling got 2.5-4x faster. Batches follow
-    ``sbi_inn.train.batch_size_for`` (64 for 1000 simulations, 256 from about 4000 on).
+    ``sbi_inn.train.batch_size_for`` (112 for 1000 simulations, 256 from about 2000 on).
 
     Attributes:
         flow: coupling-flow architecture (``sbi_inn.flows.FlowConfig``).

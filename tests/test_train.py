@@ -99,8 +99,9 @@ def test_auto_batch_size_gives_small_budgets_enough_steps():
     from sbi_inn.train import batch_size_for
 
     auto = TrainConfig(batch_size=None)
-    assert batch_size_for(auto, 900) == 64  # 1000 simulations, 10 % validation: 15 steps per epoch, not 4
-    assert batch_size_for(auto, 2400) == 150
+    assert batch_size_for(auto, 900) == 112  # 1000 simulations, 10 % validation: 9 steps per epoch, not 4
+    assert batch_size_for(auto, 300) == 64
+    assert batch_size_for(auto, 1200) == 150
     assert batch_size_for(auto, 9000) == 256
     assert batch_size_for(TrainConfig(batch_size=32), 9000) == 32  # an explicit size is kept
     with pytest.raises(ValueError, match="batch_size"):
