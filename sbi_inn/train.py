@@ -33,8 +33,8 @@ class TrainConfig:
 
     Attributes:
         epochs: maximum number of passes over the training data.
-        batch_size: samples per gradient step; ``None`` picks :func:`batch_size_for` the training set (a small
-            simulation budget then still gets at least 16 steps per epoch).
+        batch_size: samples per gradient step; ``None`` sizes it to the training set (:func:`batch_size_for`: a
+            small simulation budget then still gets about 8 steps per epoch).
         lr, lr_final: learning rate at the first and the last epoch (exponential decay in between).
         weight_decay: Adam weight decay.
         grad_clip: maximum gradient norm (``None`` disables clipping).
