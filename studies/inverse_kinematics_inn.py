@@ -18,9 +18,10 @@ Usage:
     python studies/inverse_kinematics_inn.py [--budget-minutes 26] [--num-train 400000] [--fixed-data] [--quick]
 
 The committed results come from the defaults (26 minutes of training on one CPU thread, 400 000 fresh simulations
-per epoch): mean re-simulation error 0.0109, median 0.0050, calibration error 0.64 %. With one fixed training set of
-400 000 (``--fixed-data``, same budget): 0.0143, 0.0055, 0.58 %; the mean is carried by rare observations near the
-arm's base (|y*| < 0.5: 1 % of observations), where a fixed set holds few simulations.
+per epoch): mean re-simulation error 0.0109, median 0.0050, calibration error 0.64 %; a repeat of the same command
+(``repeat_run.json``, 23 instead of 22 epochs under less load) gave 0.0121, 0.0048, 0.48 %. With one fixed training
+set of 400 000 (``--fixed-data``, same budget): 0.0143, 0.0055, 0.58 %; the mean is carried by rare observations near
+the arm's base (|y*| < 0.5: 1 % of observations), where a fixed set holds few simulations.
 
 Writes ``studies/results/inverse_kinematics_inn/``: ``inverse_kinematics_inn.json``, ``fig_4_6_arms.png``,
 ``calibration.png`` (and the trained posterior ``inverse_kinematics_inn.sbi`` with ``--save-model``).
