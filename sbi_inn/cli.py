@@ -382,7 +382,8 @@ def _run_train(args: argparse.Namespace) -> int:
     import math
     import time
 
-    from sbi_inn.fit import FitConfig, fit_posterior
+    from sbi_inn.data import hdf5_info
+    from sbi_inn.fit import FitConfig, default_flow, fit_posterior
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such simulation file: {args.data!r}")
@@ -394,13 +395,16 @@ def _run_train(args: argparse.Namespace) -> int:
         from sbi_inn.inn import INNConfig
 
         base = INNConfig()
-    flow = {"num_blocks": args.blocks, "hidden": args.hidden}
+    flow = {k: v for k, v in {"num_blocks": args.blocks, "hidden": args.hidden}.items() if v is not None}
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
              "max_time": None if args.minutes is None else 60.0 * args.minutes}
     if args.lr is not None:
         train["lr_final"] = min(base.train.lr_final, args.lr)
+    base_flow = base.flow
+    if base_flow is None and flow:  # the cINN's flow depends on the number of parameters
+        base_flow = default_flow(len(hdf5_info(args.data)["param_names"]))
     config = dataclasses.replace(
-        base, flow=dataclasses.replace(base.flow, **{k: v for k, v in flow.items() if v is not None}),
+        base, flow=dataclasses.replace(base_flow, **flow) if flow else base_flow,
         train=dataclasses.replace(base.train, **{k: v for k, v in train.items() if v is not None}))
     device = _device(args.device)
     t0 = time.perf_counter()

@@ -46,14 +46,12 @@ class FitConfig:
     """Settings of :func:`fit_posterior` for ``method="cinn"`` (a wrong keyword raises ``TypeError``).
 
     The defaults train a few-parameter problem from 10 000 simulations in about a minute on a laptop CPU. The flow
-    (8 coupling blocks, subnets of one hidden layer of 64) was chosen on ``benchmarks/bench_vs_sbi.py`` for sampling
-    speed at equal accuracy: with the condition projected once per observation, such subnets cost a few hundred
-    operations per sample and block; against 6 blocks of two 128-wide layers the C2ST moved by at most +-0.03 per
-    cell (both beat sbi's defaults at 10 000 simulations) while sampling got 2.5-4x faster. Batches follow
-    ``sbi_inn.train.batch_size_for`` (112 for 1000 simulations, 256 from about 2000 on).
+    (``default_flow``) was chosen on ``benchmarks/bench_vs_sbi.py`` for sampling speed at equal accuracy. Batches
+    follow ``sbi_inn.train.batch_size_for`` (112 for 1000 simulations, 256 from about 2000 on).
 
     Attributes:
-        flow: coupling-flow architecture (``sbi_inn.flows.FlowConfig``).
+        flow: coupling-flow architecture (``sbi_inn.flows.FlowConfig``); ``None`` (the default) picks
+            ``default_flow(D)`` for the problem's ``D`` parameters.
         train: optimisation settings (``sbi_inn.train.TrainConfig``); its ``seed`` is replaced by the ``seed`` of
             :func:`fit_posterior`.
         summary_dim: number of learned summary features (default 32; ignored for ``summary="none"``).
@@ -71,7 +69,7 @@ class FitConfig:
         (4, 50, 16)
     """
 
-    flow: FlowConfig = field(default_factory=lambda: FlowConfig(num_blocks=8, hidden=64, num_layers=1))
+    flow: FlowConfig | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, max_time=None))
     summary_dim: int | None = None
@@ -89,8 +87,8 @@ class FitConfig:
             object.__setattr__(self, "flow", _strict(FlowConfig, self.flow, "FitConfig.flow"))
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", _strict(TrainConfig, self.train, "FitConfig.train"))
-        if not isinstance(self.flow, FlowConfig) or not isinstance(self.train, TrainConfig):
-            raise TypeError("FitConfig: flow must be a FlowConfig (or dict) and train a TrainConfig (or dict)")
+        if not isinstance(self.flow, FlowConfig | None) or not isinstance(self.train, TrainConfig):
+            raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig (or dict)")
         if self.summary_dim is not None and self.summary_dim < 1:
             raise ValueError(f"FitConfig: summary_dim must be >= 1 or None, got {self.summary_dim}")
         if self.summary_hidden < 1 or self.summary_layers < 0 or self.spline_bins < 2:
@@ -107,6 +105,20 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_flow(param_dim: int) -> FlowConfig:
+    """The coupling flow of ``fit_posterior`` for ``param_dim`` parameters when ``FitConfig.flow`` is ``None``.
+
+    Subnets of one hidden layer of 64; 8 coupling blocks, or 4 for two parameters. Chosen on
+    ``benchmarks/bench_vs_sbi.py`` (C2ST per cell, one seed): against 6 blocks of two 128-wide layers, 8 x 64 x 1
+    moved the C2ST by at most +-0.03 per cell while sampling got 2.5-4x faster, because the condition is projected once
+    per observation and each block then costs a few hundred operations per sample. With two parameters every block
+    transforms both coordinates, and 4 blocks matched 8 (Gaussian mixture 0.617 / 0.553 against 0.610 / 0.555 at
+    1000 / 10 000 simulations, set-valued 0.665 / 0.528 against 0.668 / 0.575) at half the cost; with four or more
+    parameters 4 blocks lost (inverse kinematics at 10 000: 0.707 against 0.611).
+    """
+    return FlowConfig(num_blocks=4 if param_dim == 2 else 8, hidden=64, num_layers=1)
 
 
 def _strict(cls, d: dict, what: str):
@@ -503,7 +515,8 @@ def _fit_cinn(sims, config: FitConfig, summary, dev, seed, fraction, show_progre
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConditionalINN(x0.shape[1], obs_shape, support_low=lo, support_high=hi, is_set_valued=is_set,
-                               flow=config.flow, summary=summary, summary_dim=config.summary_dim,
+                               flow=config.flow or default_flow(x0.shape[1]), summary=summary,
+                               summary_dim=config.summary_dim,
                                summary_hidden=config.summary_hidden, summary_layers=config.summary_layers,
                                summary_activation=config.summary_activation, spline_bins=config.spline_bins)
     outside = ~model.support.contains(x0)

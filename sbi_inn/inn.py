@@ -548,17 +548,38 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
 
 
 def simulation_stream(simulate: Callable[..., Tensor], sample_prior: Callable[..., Tensor], num: int,
-                      seed: int = 0) -> Callable[[int], tuple[Tensor, Tensor]]:
+                      seed: int = 0, accept: Callable[[Tensor], Tensor] | None = None
+                      ) -> Callable[[int], tuple[Tensor, Tensor]]:
     """``epoch -> (x (num, D), y (num, M))``: fresh simulations for every epoch, the same ones for the same epoch.
 
     For cheap simulators (inverse kinematics: 50 M simulations/s) training on new draws each epoch removes
     overfitting in sparsely sampled regions at no cost. ``simulate(x, generator=g)`` and ``sample_prior(n,
     generator=g)`` follow the ``simulators`` contract.
+
+    ``accept(y) -> (n,)`` probabilities in ``[0, 1]`` keeps each simulation with a probability that depends on its
+    observation alone. The training pairs then follow ``p(x) p(y | x) a(y) / Z``, whose conditional is still the
+    posterior ``p(x | y)``: only the mixture of observations changes, e.g. towards rare ones (``a`` largest where
+    ``p(y)`` is small) that the prior would seldom simulate. Simulations are drawn in rounds until ``num`` are kept.
     """
     def draw(epoch: int) -> tuple[Tensor, Tensor]:
         gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7_919 * int(epoch) + 101) % (2**63 - 1))
-        x = sample_prior(num, generator=gen)
-        return x, simulate(x, generator=gen)
+        if accept is None:
+            x = sample_prior(num, generator=gen)
+            return x, simulate(x, generator=gen)
+        xs, ys, kept = [], [], 0
+        for _ in range(10_000):
+            x = sample_prior(num, generator=gen)
+            y = simulate(x, generator=gen)
+            p = accept(y)
+            if p.shape != (num,) or not bool(((p >= 0) & (p <= 1)).all()):
+                raise ValueError(f"simulation_stream: accept(y) must return ({num},) probabilities in [0, 1]")
+            keep = torch.rand(num, generator=gen) < p
+            xs.append(x[keep])
+            ys.append(y[keep])
+            kept += int(keep.sum())
+            if kept >= num:
+                return torch.cat(xs)[:num], torch.cat(ys)[:num]
+        raise RuntimeError(f"simulation_stream: accept(y) kept only {kept} of {10_000 * num} simulations")
 
     return draw
 

@@ -66,6 +66,32 @@ def calibration_noise_floor(num_obs: int, num_params: int = 4, repeats: int = 20
     return float(np.mean([np.median(np.abs(rng.binomial(num_obs, a) / num_obs - a)) for _ in range(repeats)]))
 
 
+def flattening_acceptance(sim, power: float, max_weight: float, n: int = 1_000_000, bins: int = 100,
+                          seed: int = 12345):
+    """``a(y)`` for ``simulation_stream(accept=)``: keep a simulation with probability ``w(y) / max_weight``,
+    ``w = clip((p(y) / median p)^-power, 1, max_weight)``, ``p`` a ``bins x bins`` histogram density of ``n`` prior
+    end points (zero outside its range). Rare end points (near the arm's base) are trained on up to ``max_weight``
+    times as often; ``p(x | y)`` is unchanged because the weight depends on ``y`` alone."""
+    g = torch.Generator().manual_seed(seed)
+    y = sim.simulate(sim.sample_prior(n, generator=g), generator=g)
+    lo, span = y.min(0).values, y.max(0).values - y.min(0).values
+
+    def cells(yb):
+        i = ((yb - lo) / span * bins).floor().long()
+        return i.clamp(0, bins - 1), ((i >= 0) & (i < bins)).all(1)
+
+    i, _ = cells(y)
+    counts = torch.zeros(bins, bins).index_put_((i[:, 0], i[:, 1]), torch.ones(n), accumulate=True)
+    ref = counts[i[:, 0], i[:, 1]].median()
+
+    def accept(yb: torch.Tensor) -> torch.Tensor:
+        i, inside = cells(yb)
+        dens = torch.where(inside, counts[i[:, 0], i[:, 1]], torch.zeros(()))
+        return (dens.clamp_min(1e-6) / ref).pow(-power).clamp(1.0, max_weight) / max_weight
+
+    return accept
+
+
 def prior_endpoint_quantile(sim, y_star: torch.Tensor, n: int = 20_000, seed: int = 1) -> float:
     """Fraction of prior end points with a higher (Gaussian KDE) density than ``y_star``: > 0.97 means ``y_star``
     lies outside the prior's 97 % highest-density region of end points (thesis Fig. 4.6, right)."""
@@ -86,6 +112,10 @@ def main(argv=None) -> dict:
                              "decay, per budget)")
     parser.add_argument("--fixed-data", dest="fresh", action="store_false",
                         help="train on one fixed set of num-train simulations instead of new ones every epoch")
+    parser.add_argument("--flatten-power", type=float, default=0.0,
+                        help="train more often on rare end points: keep simulations with probability ~ p(y)^-power "
+                             "(0: prior mixture of observations; p(x | y) is unchanged either way)")
+    parser.add_argument("--flatten-max", type=float, default=10.0, help="largest relative weight of a rare end point")
     parser.add_argument("--num-test", type=int, default=1000, help="test observations")
     parser.add_argument("--num-samples", type=int, default=4096, help="posterior samples per test observation")
     parser.add_argument("--num-calib", type=int, default=10_000,
@@ -110,7 +140,8 @@ def main(argv=None) -> dict:
     sim = get_simulator("inverse_kinematics")
     gen = torch.Generator().manual_seed(args.seed)
     if args.fresh:  # new simulations every epoch (thesis 4.2.2 trains on 1e6 fixed ones; IK costs nothing to run)
-        stream = simulation_stream(sim.simulate, sim.sample_prior, args.num_train, seed=args.seed)
+        accept = flattening_acceptance(sim, args.flatten_power, args.flatten_max) if args.flatten_power > 0 else None
+        stream = simulation_stream(sim.simulate, sim.sample_prior, args.num_train, seed=args.seed, accept=accept)
         x, y = stream(0)
     else:
         stream = None
@@ -188,7 +219,8 @@ def main(argv=None) -> dict:
     results = {
         "budget_minutes": args.budget_minutes, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
         "epochs_planned": epochs, "epochs_run": len(post.metadata["history"]), "num_train": args.num_train,
-        "fresh_simulations_each_epoch": args.fresh,
+        "fresh_simulations_each_epoch": args.fresh, "flatten_power": args.flatten_power,
+        "flatten_max": args.flatten_max,
         "num_test": args.num_test, "num_samples": args.num_samples, "seed": args.seed, "threads": args.threads,
         "load_average_start": load_start, "load_average_after_training": load_train_end,
         "cpu_count": os.cpu_count(), "config": config.to_dict(),

@@ -114,6 +114,22 @@ def test_list_of_1d_priors_and_one_parameter_problem():
     assert torch.isfinite(one.log_prob(s, torch.tensor([1.0]))).all()
 
 
+def test_default_flow_follows_the_parameter_count():
+    """FitConfig(flow=None) builds 4 coupling blocks for two parameters and 8 otherwise (``default_flow``); an
+    explicit flow is kept as given."""
+    from sbi_inn.fit import default_flow
+
+    assert FitConfig().flow is None
+    assert [default_flow(d).num_blocks for d in (1, 2, 3, 6)] == [8, 4, 8, 8]
+    cfg = {k: v for k, v in TINY.items() if k != "flow"}
+    two = tiny_fit(config=cfg)
+    four = tiny_fit(prior=BoxUniform(torch.zeros(4), torch.ones(4)), config=cfg)
+    assert two.model.flow_config == default_flow(2) and four.model.flow_config == default_flow(4)
+    assert tiny_fit().model.flow_config.num_blocks == 2
+    with pytest.raises(TypeError, match="flow must be"):
+        FitConfig(flow="big")
+
+
 def test_numpy_simulator_works():
     inputs = []
 

@@ -196,6 +196,32 @@ def test_training_from_the_simulator_with_fresh_draws_each_epoch():
     assert sum(good) / 4 > 0.5, good
 
 
+def test_stream_acceptance_reweights_observations_only():
+    """accept(y) changes the mixture of observations but not p(x | y): within a region of y the kept parameters
+    follow the prior-simulated ones."""
+    sim = get_simulator("inverse_kinematics")
+
+    def accept(y):
+        return torch.where(y[:, 0] > 0, torch.ones(()), torch.full((), 0.25))
+
+    n = 40_000
+    x, y = simulation_stream(sim.simulate, sim.sample_prior, n, seed=1, accept=accept)(0)
+    assert x.shape == (n, 4) and y.shape == (n, 2)
+    assert torch.equal(simulation_stream(sim.simulate, sim.sample_prior, n, seed=1, accept=accept)(0)[0], x)
+    g = torch.Generator().manual_seed(2)
+    x_ref = sim.sample_prior(4 * n, generator=g)
+    y_ref = sim.simulate(x_ref, generator=g)
+    p_pos = (y_ref[:, 0] > 0).float().mean().item()
+    expected = p_pos / (p_pos + 0.25 * (1 - p_pos))
+    assert abs((y[:, 0] > 0).float().mean().item() - expected) < 0.01
+    for sign in (1, -1):  # conditional moments of x given a region of y
+        region, ref_region = sign * y[:, 0] > 0.5, sign * y_ref[:, 0] > 0.5
+        torch.testing.assert_close(x[region].mean(0), x_ref[ref_region].mean(0), atol=0.02, rtol=0)
+        torch.testing.assert_close(x[region].std(0), x_ref[ref_region].std(0), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="probabilities"):
+        simulation_stream(sim.simulate, sim.sample_prior, 10, accept=lambda y: 2 * torch.ones(len(y)))(0)
+
+
 def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
     sim, x, y = _gm_data(600, 1)
     config = INNConfig(latent_dim=2, nominal_dim=6, x_ramp_epochs=2, flow=SMALL_FLOW,
