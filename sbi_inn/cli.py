@@ -382,8 +382,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import math
     import time
 
-    from sbi_inn.data import hdf5_info
-    from sbi_inn.fit import FitConfig, default_flow, fit_posterior
+    from sbi_inn.fit import FitConfig, fit_posterior
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such simulation file: {args.data!r}")
@@ -400,11 +399,12 @@ def _run_train(args: argparse.Namespace) -> int:
              "max_time": None if args.minutes is None else 60.0 * args.minutes}
     if args.lr is not None:
         train["lr_final"] = min(base.train.lr_final, args.lr)
-    base_flow = base.flow
-    if base_flow is None and flow:  # the cINN's flow depends on the number of parameters
-        base_flow = default_flow(len(hdf5_info(args.data)["param_names"]))
+    if args.method == "cinn":  # overrides of default_flow(D), resolved once D is known
+        flow_config = flow or base.flow
+    else:
+        flow_config = dataclasses.replace(base.flow, **flow)
     config = dataclasses.replace(
-        base, flow=dataclasses.replace(base_flow, **flow) if flow else base_flow,
+        base, flow=flow_config,
         train=dataclasses.replace(base.train, **{k: v for k, v in train.items() if v is not None}))
     device = _device(args.device)
     t0 = time.perf_counter()

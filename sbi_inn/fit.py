@@ -50,8 +50,8 @@ class FitConfig:
     follow ``sbi_inn.train.batch_size_for`` (112 for 1000 simulations, 256 from about 2000 on).
 
     Attributes:
-        flow: coupling-flow architecture (``sbi_inn.flows.FlowConfig``); ``None`` (the default) picks
-            ``default_flow(D)`` for the problem's ``D`` parameters.
+        flow: coupling-flow architecture for ``D`` parameters: ``None`` (the default) is ``default_flow(D)``, a dict
+            overrides some of its fields (``{"dropout": 0.1}``), a ``sbi_inn.flows.FlowConfig`` is used as given.
         train: optimisation settings (``sbi_inn.train.TrainConfig``); its ``seed`` is replaced by the ``seed`` of
             :func:`fit_posterior`.
         summary_dim: number of learned summary features (default 32; ignored for ``summary="none"``).
@@ -65,11 +65,11 @@ class FitConfig:
 
     Example:
         >>> cfg = FitConfig.from_dict({"flow": {"num_blocks": 4}, "train": {"epochs": 50}, "summary_dim": 16})
-        >>> cfg.flow.num_blocks, cfg.train.epochs, cfg.summary_dim
-        (4, 50, 16)
+        >>> cfg.flow_for(6).num_blocks, cfg.flow_for(6).hidden, cfg.train.epochs, cfg.summary_dim
+        (4, 64, 50, 16)
     """
 
-    flow: FlowConfig | None = None
+    flow: FlowConfig | dict | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, max_time=None))
     summary_dim: int | None = None
@@ -84,10 +84,10 @@ class FitConfig:
 
     def __post_init__(self):
         if isinstance(self.flow, dict):
-            object.__setattr__(self, "flow", _strict(FlowConfig, self.flow, "FitConfig.flow"))
+            _strict(FlowConfig, {**default_flow(2).to_dict(), **self.flow}, "FitConfig.flow")  # keys and values
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", _strict(TrainConfig, self.train, "FitConfig.train"))
-        if not isinstance(self.flow, FlowConfig | None) or not isinstance(self.train, TrainConfig):
+        if not isinstance(self.flow, FlowConfig | dict | None) or not isinstance(self.train, TrainConfig):
             raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig (or dict)")
         if self.summary_dim is not None and self.summary_dim < 1:
             raise ValueError(f"FitConfig: summary_dim must be >= 1 or None, got {self.summary_dim}")
@@ -105,6 +105,12 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def flow_for(self, param_dim: int) -> FlowConfig:
+        """The coupling flow for ``param_dim`` parameters (see ``flow``)."""
+        if isinstance(self.flow, FlowConfig):
+            return self.flow
+        return dataclasses.replace(default_flow(param_dim), **(self.flow or {}))
 
 
 def default_flow(param_dim: int) -> FlowConfig:
@@ -515,7 +521,7 @@ def _fit_cinn(sims, config: FitConfig, summary, dev, seed, fraction, show_progre
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConditionalINN(x0.shape[1], obs_shape, support_low=lo, support_high=hi, is_set_valued=is_set,
-                               flow=config.flow or default_flow(x0.shape[1]), summary=summary,
+                               flow=config.flow_for(x0.shape[1]), summary=summary,
                                summary_dim=config.summary_dim,
                                summary_hidden=config.summary_hidden, summary_layers=config.summary_layers,
                                summary_activation=config.summary_activation, spline_bins=config.spline_bins)

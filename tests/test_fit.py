@@ -125,9 +125,16 @@ def test_default_flow_follows_the_parameter_count():
     two = tiny_fit(config=cfg)
     four = tiny_fit(prior=BoxUniform(torch.zeros(4), torch.ones(4)), config=cfg)
     assert two.model.flow_config == default_flow(2) and four.model.flow_config == default_flow(4)
+    # a dict overrides fields of default_flow(D); a FlowConfig is taken as given
+    small = tiny_fit(config={**cfg, "flow": {"dropout": 0.1}})
+    assert small.model.flow_config == FlowConfig(**{**default_flow(2).to_dict(), "dropout": 0.1})
     assert tiny_fit().model.flow_config.num_blocks == 2
+    given = FlowConfig(num_blocks=3, hidden=8)
+    assert tiny_fit(config=FitConfig(flow=given, train=TINY["train"])).model.flow_config == given
     with pytest.raises(TypeError, match="flow must be"):
         FitConfig(flow="big")
+    with pytest.raises(ValueError, match="dropout|FlowConfig"):
+        FitConfig(flow={"dropout": -1.0})
 
 
 def test_numpy_simulator_works():
