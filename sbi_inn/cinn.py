@@ -128,7 +128,6 @@ class ConditionalSpline1d(nn.Module):
         K = self.bins
         return s, t, p[:, 2 : 2 + K], p[:, 2 + K : 2 + 2 * K], p[:, 2 + 2 * K :]
 
-    # ``jac`` is accepted for the CouplingFlow contract; the log-determinant is a by-product here and always returned.
     def _check(self, x: Tensor, c: Tensor) -> None:
         if (x.ndim != 2 or x.shape[1] != 1 or c is None or c.ndim != 2 or c.shape[1] != self.cond_dim
                 or c.shape[0] < 1 or x.shape[0] % c.shape[0]):
@@ -143,6 +142,7 @@ class ConditionalSpline1d(nn.Module):
         return params if reps == 1 else tuple(p.repeat(reps, *([1] * (p.ndim - 1))) for p in params)
 
     def forward(self, x: Tensor, c: Tensor, *, jac: bool = True) -> tuple[Tensor, Tensor]:
+        # ``jac`` is accepted for the CouplingFlow contract; the log-determinant is a by-product here, always returned
         self._check(x, c)
         v, logdet = x[:, 0], torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for net in self.nets:

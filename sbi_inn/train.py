@@ -137,7 +137,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     def epoch_data(epoch: int):
         return train_data(epoch) if fresh else train_data
 
-    num_rows = _num_rows(epoch_data(0))
+    first = epoch_data(0)  # sizes the batches, then serves as epoch 0's data (a stream is not drawn twice)
+    num_rows = _num_rows(first)
     if num_rows == 0:
         raise ValueError("no training data")
     config = replace(config, batch_size=batch_size_for(config, num_rows))
@@ -167,7 +168,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(_epoch_seed(config.seed, epoch))
             gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
-            record = _run_epoch(model, loss_fn, epoch_data(epoch), optimizer, config, device, gen)
+            data, first = (first if epoch == 0 else epoch_data(epoch)), None  # drop epoch 0's data once used
+            record = _run_epoch(model, loss_fn, data, optimizer, config, device, gen)
             if val_data is not None and _num_rows(val_data) > 0:
                 record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, gen)
         record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
