@@ -41,6 +41,11 @@ METHODS = ("cinn", "inn")
 SUMMARIES = ("auto", "mlp", "deepset", "none")
 
 
+# optimisation of fit_posterior: batches sized to the data (sbi_inn.train.batch_size_for), lr decaying over 150 epochs,
+# early stopping after 20 epochs without a better validation loss
+DEFAULT_TRAIN = TrainConfig(epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, max_time=None)
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """Settings of :func:`fit_posterior` for ``method="cinn"`` (a wrong keyword raises ``TypeError``).
@@ -52,8 +57,9 @@ class FitConfig:
     Attributes:
         flow: coupling-flow architecture for ``D`` parameters: ``None`` (the default) is ``default_flow(D)``, a dict
             overrides some of its fields (``{"dropout": 0.1}``), a ``sbi_inn.flows.FlowConfig`` is used as given.
-        train: optimisation settings (``sbi_inn.train.TrainConfig``); its ``seed`` is replaced by the ``seed`` of
-            :func:`fit_posterior`.
+        train: optimisation settings: a ``sbi_inn.train.TrainConfig``, or a dict overriding fields of
+            ``DEFAULT_TRAIN`` (``{"patience": 40}`` keeps the automatic batch size); its ``seed`` is replaced by the
+            ``seed`` of :func:`fit_posterior`.
         summary_dim: number of learned summary features (default 32; ignored for ``summary="none"``).
         summary_hidden, summary_layers, summary_activation: width, hidden layers and nonlinearity of the summary
             network (for deep sets: of each of ``psi`` and ``rho``).
@@ -70,8 +76,7 @@ class FitConfig:
     """
 
     flow: FlowConfig | dict | None = None
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, max_time=None))
+    train: TrainConfig | dict = field(default_factory=lambda: DEFAULT_TRAIN)
     summary_dim: int | None = None
     summary_hidden: int = 128
     summary_layers: int = 2
@@ -86,7 +91,9 @@ class FitConfig:
         if isinstance(self.flow, dict):
             _strict(FlowConfig, {**default_flow(2).to_dict(), **self.flow}, "FitConfig.flow")  # keys and values
         if isinstance(self.train, dict):
-            object.__setattr__(self, "train", _strict(TrainConfig, self.train, "FitConfig.train"))
+            # a partial dict overrides fields of DEFAULT_TRAIN, not TrainConfig's class defaults
+            object.__setattr__(self, "train", _strict(TrainConfig, {**DEFAULT_TRAIN.to_dict(), **self.train},
+                                                      "FitConfig.train"))
         if not isinstance(self.flow, FlowConfig | dict | None) or not isinstance(self.train, TrainConfig):
             raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig (or dict)")
         if self.summary_dim is not None and self.summary_dim < 1:

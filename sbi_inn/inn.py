@@ -132,6 +132,11 @@ def label_loss(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
     return (ce + logits.mean(-1) ** 2).mean()
 
 
+# thesis B.5.2 (6 coupling blocks of 3 layers, leaky ReLU) with a soft clamp of 1.0, stable at lr 3e-3
+DEFAULT_INN_FLOW = FlowConfig(num_blocks=6, hidden=128, num_layers=3, activation="leaky_relu", clamp=1.0)
+DEFAULT_INN_TRAIN = TrainConfig(batch_size=500, lr=3e-3, lr_final=1e-5)
+
+
 @dataclass(frozen=True)
 class INNConfig:
     """Settings of the bidirectional INN (architecture, loss weights, optimisation).
@@ -181,9 +186,8 @@ class INNConfig:
     pad_noise: float = 1e-2
     y_loss: str = "mse"
     label_smoothing: float = 0.05
-    flow: FlowConfig = field(default_factory=lambda: FlowConfig(num_blocks=6, hidden=128, num_layers=3,
-                                                                activation="leaky_relu", clamp=1.0))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=500, lr=3e-3, lr_final=1e-5))
+    flow: FlowConfig | dict = field(default_factory=lambda: DEFAULT_INN_FLOW)
+    train: TrainConfig | dict = field(default_factory=lambda: DEFAULT_INN_TRAIN)
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(float(h) for h in self.widths))
@@ -203,10 +207,11 @@ class INNConfig:
             raise ValueError(f"INNConfig: y_loss must be one of {Y_LOSSES}, got {self.y_loss!r}")
         if not 0 < self.label_smoothing < 1:
             raise ValueError(f"INNConfig: label_smoothing must lie in (0, 1), got {self.label_smoothing}")
+        # a partial dict overrides fields of this class's default flow / optimisation, not the classes' defaults
         if isinstance(self.flow, dict):
-            object.__setattr__(self, "flow", FlowConfig(**self.flow))
+            object.__setattr__(self, "flow", FlowConfig(**{**DEFAULT_INN_FLOW.to_dict(), **self.flow}))
         if isinstance(self.train, dict):
-            object.__setattr__(self, "train", TrainConfig(**self.train))
+            object.__setattr__(self, "train", TrainConfig(**{**DEFAULT_INN_TRAIN.to_dict(), **self.train}))
 
     @classmethod
     def from_dict(cls, d: dict) -> INNConfig:

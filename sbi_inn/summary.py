@@ -107,9 +107,13 @@ class DeepSetSummary(nn.Module):
         if y.ndim != 3 or y.shape[-1] != self.elem_dim or mask.shape != y.shape[:2]:
             raise ValueError(f"DeepSetSummary: need y (B, K, {self.elem_dim}) and mask (B, K), got "
                              f"{tuple(y.shape)} and {tuple(mask.shape)}")
-        w = mask.to(y.dtype).unsqueeze(-1)  # (B, K, 1)
-        count = w.sum(1).clamp_min(1.0)  # (B, 1)
-        h = torch.where(mask.unsqueeze(-1), self.psi(y), torch.zeros((), dtype=y.dtype, device=y.device))
-        pooled = h.sum(1) / count
+        valid = mask.to(y.dtype).sum(1, keepdim=True)  # (B, 1)
+        count = valid.clamp_min(1.0)
+        # psi's last layer is affine and the pool is a mean, so the layer is applied after pooling: the same
+        # function, but its (hidden x hidden) product runs on B pooled rows instead of B * K members.
+        last = self.psi[-1]
+        h = self.psi[:-1](y)  # an empty Sequential (num_layers=0) passes y through
+        h = torch.where(mask.unsqueeze(-1), h, torch.zeros((), dtype=y.dtype, device=y.device))
+        pooled = nn.functional.linear(h.sum(1) / count, last.weight) + (valid / count) * last.bias  # empty set: 0
         size = torch.log(count) / self.LOG_K_REF
         return self.rho(torch.cat([pooled, size], dim=-1))

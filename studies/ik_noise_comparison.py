@@ -98,7 +98,8 @@ def amortised_configs(args) -> dict:
     """
     budget = 60.0 * args.minutes
     small = args.quick
-    flow = {"num_blocks": 4 if small else 6, "hidden": 64 if small else 128, "num_layers": 2}
+    flow = {"num_blocks": 4 if small else 6, "hidden": 64 if small else 128, "num_layers": 2, "activation": "relu",
+            "clamp": 2.0}  # complete, so the two methods' different default flows do not leak in
     train = {"epochs": 1000, "batch_size": 256, "lr": 1e-3, "lr_final": 1e-5, "patience": 30, "max_time": budget}
     return {"cINN": {"flow": flow, "train": train}, "INN": {"flow": dict(flow), "train": dict(train)}}
 

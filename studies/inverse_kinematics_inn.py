@@ -122,6 +122,9 @@ def main(argv=None) -> dict:
                              "(0: prior mixture of observations; p(x | y) is unchanged either way)")
     parser.add_argument("--flatten-max", type=float, default=10.0, help="largest relative weight of a rare end point")
     parser.add_argument("--w-y", type=float, default=CONFIG.w_y, help="weight of L_y (re-simulation accuracy)")
+    parser.add_argument("--activation", default=CONFIG.flow.activation, help="subnet nonlinearity (flows.ACTIVATIONS)")
+    parser.add_argument("--blocks", type=int, default=CONFIG.flow.num_blocks, help="affine coupling blocks")
+    parser.add_argument("--hidden", type=int, default=CONFIG.flow.hidden, help="subnet width")
     parser.add_argument("--num-test", type=int, default=1000, help="test observations")
     parser.add_argument("--num-samples", type=int, default=4096, help="posterior samples per test observation")
     parser.add_argument("--num-calib", type=int, default=10_000,
@@ -157,9 +160,11 @@ def main(argv=None) -> dict:
     y_val = sim.simulate(x_val, generator=gen)
 
     budget = 60 * args.budget_minutes
-    epochs = plan_epochs(CONFIG, x, y, budget, overhead=1.05)  # the cost of a step does not depend on w_y
+    flow = {**CONFIG.flow.to_dict(), "activation": args.activation, "num_blocks": args.blocks, "hidden": args.hidden}
+    config = INNConfig.from_dict({**CONFIG.to_dict(), "w_y": args.w_y, "flow": flow})
+    epochs = plan_epochs(config, x, y, budget, overhead=1.05)
     train = {**CONFIG.train.to_dict(), "epochs": epochs, "max_time": 1.1 * budget}
-    config = INNConfig.from_dict({**CONFIG.to_dict(), "w_y": args.w_y, "train": train})
+    config = INNConfig.from_dict({**config.to_dict(), "train": train})
     print(f"training: {epochs} epochs of {args.num_train} simulations in about {args.budget_minutes:g} min")
     t0 = time.perf_counter()
     post = fit_inn(x, y, x_val, y_val, param_names=sim.param_names, config=config, seed=args.seed,

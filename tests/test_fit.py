@@ -1,5 +1,6 @@
 """fit_posterior: input validation, reproducibility, resumption, data files, and short trainings on known answers."""
 
+import dataclasses
 import math
 import warnings
 
@@ -94,6 +95,19 @@ def test_unknown_config_key_method_and_summary():
         tiny_fit(config={"flow": {"blocks": 3}})
     with pytest.raises(TypeError):
         FitConfig(learning_rate=1e-3)
+    with pytest.raises(TypeError, match="FitConfig.train: unknown key"):
+        FitConfig.from_dict({"train": {"learning_rate": 1e-3}})
+
+
+def test_partial_train_dict_overrides_the_fit_defaults():
+    """``{"train": {"patience": 40}}`` changes the patience only: the automatic batch size and the 150-epoch
+    schedule of ``DEFAULT_TRAIN`` stay (TrainConfig's class defaults are 256 and 200)."""
+    from sbi_inn.fit import DEFAULT_TRAIN
+
+    cfg = FitConfig.from_dict({"train": {"patience": 40}})
+    assert cfg.train == dataclasses.replace(DEFAULT_TRAIN, patience=40)
+    assert cfg.train.batch_size is None and cfg.train.epochs == 150
+    assert FitConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="method"):
         tiny_fit(method="nle")
     with pytest.raises(ValueError, match="summary"):

@@ -63,6 +63,8 @@ def test_config_dims_and_validation():
         INNConfig.from_dict({"w_q": 1.0})
     cfg = INNConfig.from_dict({"flow": {"num_blocks": 3}, "train": {"epochs": 7}, "widths": [0.2]})
     assert cfg.flow.num_blocks == 3 and cfg.train.epochs == 7 and cfg.widths == (0.2,)
+    # partial dicts override the INN's defaults, not FlowConfig's / TrainConfig's class defaults
+    assert cfg.flow.activation == "leaky_relu" and cfg.flow.clamp == 1.0 and cfg.train.batch_size == 500
     assert INNConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="kernel"):
         INNConfig(kernel="cosine")

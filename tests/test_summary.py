@@ -91,3 +91,20 @@ def test_custom_summary_module_is_used():
     assert model.config()["summary"] == {"kind": "custom", "dim": 3, "class": f"{__name__}.{Mean.__qualname__}"}
     with pytest.raises(ValueError, match="out_dim"):
         ConditionalINN(2, (3,), summary=torch.nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("num_layers", [0, 1, 2])
+def test_deepset_equals_the_mean_pool_of_psi(num_layers, gen):
+    """The forward pass applies psi's last (affine) layer after pooling; it must equal
+    rho([mean_k psi(y_k), log K / log K_ref]) computed member by member, and an empty set pools to zero."""
+    torch.manual_seed(1)
+    net = DeepSetSummary(3, 5, hidden=16, num_layers=num_layers)
+    sizes = torch.tensor([6, 1, 0, 3])
+    y = torch.randn(4, 6, 3, generator=gen)
+    mask = torch.arange(6)[None, :] < sizes[:, None]
+    rows = []
+    for b, k in enumerate(sizes.tolist()):
+        pooled = net.psi(y[b, :k]).mean(0) if k else torch.zeros(16)
+        size = torch.log(torch.tensor([max(k, 1.0)])) / net.LOG_K_REF
+        rows.append(net.rho(torch.cat([pooled, size])))
+    torch.testing.assert_close(net(y, mask), torch.stack(rows), rtol=1e-5, atol=1e-6)
