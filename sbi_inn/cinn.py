@@ -191,7 +191,10 @@ class ConditionalINN(nn.Module):
             A posterior with a custom module saves its weights; loading needs an instance of the same
             architecture (``load_posterior(path, summary=module)``).
         summary_dim: summary features ``C`` (default 32; ignored for ``"none"`` and custom modules).
-        summary_hidden, summary_layers: width and hidden-layer count of the summary network(s).
+        summary_hidden, summary_layers: width and hidden-layer count of the summary network(s); ``summary_layers=None``
+            gives 2 for the MLP and 1 for the deep set (each of psi and rho: on the set-valued benchmark one layer
+            matched two in C2ST, 0.531 / 0.593 against 0.527 / 0.585 at 10 000 / 1000 simulations, and trained 1.65x
+            faster, because psi runs on every set member).
         spline_bins: bins of the 1-D spline flow (``D = 1`` only).
 
     Example:
@@ -203,7 +206,7 @@ class ConditionalINN(nn.Module):
 
     def __init__(self, param_dim: int, obs_shape: Sequence[int], *, support_low=None, support_high=None,
                  is_set_valued: bool = False, flow: FlowConfig | None = None, summary: str | nn.Module = "auto",
-                 summary_dim: int | None = None, summary_hidden: int = 128, summary_layers: int = 2,
+                 summary_dim: int | None = None, summary_hidden: int = 128, summary_layers: int | None = None,
                  summary_activation: str = "relu", spline_bins: int = 8):
         super().__init__()
         if param_dim < 1:
@@ -219,6 +222,8 @@ class ConditionalINN(nn.Module):
         flow = flow or FlowConfig()
         self.flow_config = flow
         self.spline_bins = int(spline_bins)
+        if summary_layers is None:
+            summary_layers = 1 if self.is_set_valued else 2
         self.summary_hidden, self.summary_layers = int(summary_hidden), int(summary_layers)
         self.summary_activation = summary_activation
         obs_size = math.prod(self.obs_shape)

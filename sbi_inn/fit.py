@@ -42,8 +42,9 @@ SUMMARIES = ("auto", "mlp", "deepset", "none")
 
 
 # optimisation of fit_posterior: batches sized to the data (sbi_inn.train.batch_size_for), lr decaying over 150 epochs,
-# early stopping after 20 epochs without a better validation loss
-DEFAULT_TRAIN = TrainConfig(epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, max_time=None)
+# early stopping after 20 epochs without a validation loss 1e-3 nats per dimension below the last counted one
+DEFAULT_TRAIN = TrainConfig(epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, min_delta=1e-3,
+                            max_time=None)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class FitConfig:
             ``seed`` of :func:`fit_posterior`.
         summary_dim: number of learned summary features (default 32; ignored for ``summary="none"``).
         summary_hidden, summary_layers, summary_activation: width, hidden layers and nonlinearity of the summary
-            network (for deep sets: of each of ``psi`` and ``rho``).
+            network (for deep sets: of each of ``psi`` and ``rho``); ``summary_layers=None`` is 2 for the MLP and 1 for
+            the deep set (``sbi_inn.cinn.ConditionalINN``).
         spline_bins: bins of the exact 1-D spline flow used for one-parameter problems.
         pilot_size: simulations run up front to check the simulator/prior pair.
         max_invalid_fraction: a pilot with a larger fraction of NaN/inf outputs is an error.
@@ -79,7 +81,7 @@ class FitConfig:
     train: TrainConfig | dict = field(default_factory=lambda: DEFAULT_TRAIN)
     summary_dim: int | None = None
     summary_hidden: int = 128
-    summary_layers: int = 2
+    summary_layers: int | None = None
     summary_activation: str = "relu"
     spline_bins: int = 8
     pilot_size: int = 64
@@ -98,7 +100,7 @@ class FitConfig:
             raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig (or dict)")
         if self.summary_dim is not None and self.summary_dim < 1:
             raise ValueError(f"FitConfig: summary_dim must be >= 1 or None, got {self.summary_dim}")
-        if self.summary_hidden < 1 or self.summary_layers < 0 or self.spline_bins < 2:
+        if self.summary_hidden < 1 or (self.summary_layers or 0) < 0 or self.spline_bins < 2:
             raise ValueError("FitConfig: summary_hidden >= 1, summary_layers >= 0 and spline_bins >= 2 required")
         if self.pilot_size < 1 or self.chunk_size < 1:
             raise ValueError("FitConfig: pilot_size and chunk_size must be >= 1")

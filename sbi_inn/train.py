@@ -39,6 +39,8 @@ class TrainConfig:
         weight_decay: Adam weight decay.
         grad_clip: maximum gradient norm (``None`` disables clipping).
         patience: epochs without validation improvement before stopping (``None`` disables early stopping).
+        min_delta: an improvement counts towards ``patience`` only if the loss falls more than this below the last
+            one that counted (the best weights are still kept whatever the margin); 0 counts every improvement.
         max_time: wall-clock budget in seconds (``None``: no limit); training stops after the epoch that passes it.
         num_workers: DataLoader workers for datasets streamed from disk.
         seed: seeds shuffling and the noise drawn by losses.
@@ -51,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 8.0
     patience: int | None = 20
+    min_delta: float = 0.0
     max_time: float | None = None
     num_workers: int = 0
     seed: int = 0
@@ -62,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: learning rates must be positive, got {self.lr}, {self.lr_final}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig: grad_clip must be positive or None, got {self.grad_clip}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"TrainConfig: min_delta must be >= 0, got {self.min_delta}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
 
@@ -148,6 +153,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     history: list[dict] = []
     best = {"val": math.inf, "state": None, "epoch": -1}
+    counted = {"val": math.inf, "epoch": -1}  # the last improvement larger than min_delta (patience counts from it)
     start_epoch, elapsed = 0, 0.0
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -159,6 +165,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         start_epoch, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history_rows"].tolist()]
         best = {"val": float(state["best_val"]), "state": state.get("best_state"), "epoch": int(state["best_epoch"])}
+        counted = {"val": float(state.get("counted_val", best["val"])),
+                   "epoch": int(state.get("counted_epoch", best["epoch"]))}
         if state.get("finished", False):
             start_epoch = config.epochs
 
@@ -181,11 +189,13 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         if monitored < best["val"]:
             best = {"val": monitored, "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        stop = (config.patience is not None and epoch - best["epoch"] >= config.patience) or (
+        if monitored < counted["val"] - config.min_delta:
+            counted = {"val": monitored, "epoch": epoch}
+        stop = (config.patience is not None and epoch - counted["epoch"] >= config.patience) or (
             config.max_time is not None and elapsed >= config.max_time)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, finished=stop)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, counted, finished=stop)
         if stop:
             break
 
@@ -249,12 +259,14 @@ def _evaluate(model, loss_fn, data, config, device, gen) -> float:
     return total / count if count else math.inf
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, *, finished) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, counted, *,
+                     finished) -> None:
     keys = sorted({k for rec in history for k in rec})
     rows = torch.tensor([[float(rec.get(k, math.nan)) for k in keys] for rec in history], dtype=torch.float64)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch, "elapsed": elapsed, "history_keys": keys, "history_rows": rows,
-             "best_val": best["val"], "best_epoch": best["epoch"], "best_state": best["state"], "finished": finished}
+             "best_val": best["val"], "best_epoch": best["epoch"], "best_state": best["state"], "finished": finished,
+             "counted_val": counted["val"], "counted_epoch": counted["epoch"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -93,6 +95,42 @@ def test_early_stopping_and_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(TypeError):
         TrainConfig(epoch=3)
+
+
+def test_min_delta_ignores_small_improvements_and_resumes(tmp_path):
+    """Validation losses falling by 4e-3 per epoch: with ``min_delta=0.01`` only every third epoch counts, so
+    patience 2 stops after epoch 2; without it every epoch counts and all ten run. A run interrupted in epoch 2
+    resumes from its checkpoint (which holds the last counted loss) to the same stop."""
+    tr, va = _data()
+    scripted = [1.0 - 4e-3 * e for e in range(10)]
+    calls = {"val": 0, "train": 0}
+
+    def val_loss(model, batch):
+        calls["val"] += 1
+        return torch.tensor(scripted[calls["val"] - 1]), {}
+
+    def train_loss(model, batch):
+        calls["train"] += 1
+        if calls["train"] == 40:  # inside epoch 2 (16 batches per epoch)
+            raise KeyboardInterrupt
+        return _loss(model, batch)
+
+    for min_delta, epochs_run in ((0.01, 3), (0.0, 10)):
+        calls["val"] = 0
+        hist = train(_model(), _loss, tr, va, replace(CFG, epochs=10, patience=2, min_delta=min_delta), device=CPU,
+                     show_progress=False, val_loss_fn=val_loss)
+        assert [h["val_loss"] for h in hist] == pytest.approx(scripted[:epochs_run])
+    with pytest.raises(ValueError, match="min_delta"):
+        TrainConfig(min_delta=-1.0)
+
+    ckpt, cfg = tmp_path / "ckpt.pt", replace(CFG, epochs=10, patience=2, min_delta=0.01)
+    calls["val"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), train_loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
+              val_loss_fn=val_loss)
+    hist = train(_model(), _loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
+                 val_loss_fn=val_loss)
+    assert [h["val_loss"] for h in hist] == pytest.approx(scripted[:3])
 
 
 def test_auto_batch_size_gives_small_budgets_enough_steps():
