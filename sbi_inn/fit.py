@@ -91,11 +91,10 @@ class FitConfig:
 
     def __post_init__(self):
         if isinstance(self.flow, dict):
-            _strict(FlowConfig, {**default_flow(2).to_dict(), **self.flow}, "FitConfig.flow")  # keys and values
+            _override(default_flow(2), self.flow, "FitConfig.flow")  # checks keys and values; flow_for applies it
         if isinstance(self.train, dict):
             # a partial dict overrides fields of DEFAULT_TRAIN, not TrainConfig's class defaults
-            object.__setattr__(self, "train", _strict(TrainConfig, {**DEFAULT_TRAIN.to_dict(), **self.train},
-                                                      "FitConfig.train"))
+            object.__setattr__(self, "train", _override(DEFAULT_TRAIN, self.train, "FitConfig.train"))
         if not isinstance(self.flow, FlowConfig | dict | None) or not isinstance(self.train, TrainConfig):
             raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig (or dict)")
         if self.summary_dim is not None and self.summary_dim < 1:
@@ -110,7 +109,7 @@ class FitConfig:
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
         """Build from a (possibly nested) dict; unknown keys raise ``TypeError`` naming them."""
-        return _strict(cls, d, "FitConfig")
+        return _override(cls(), d, "FitConfig")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,14 +140,15 @@ def default_flow(param_dim: int) -> FlowConfig:
     return FlowConfig(num_blocks=4 if param_dim == 2 else 8, hidden=64, num_layers=1)
 
 
-def _strict(cls, d: dict, what: str):
+def _override(default, d: dict, what: str):
+    """``default`` (a dataclass instance) with the fields named in ``d`` replaced; unknown keys raise naming them."""
     if not isinstance(d, dict):
-        raise TypeError(f"{what} must be a dict or {cls.__name__}, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
+        raise TypeError(f"{what} must be a dict or {type(default).__name__}, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(default)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise TypeError(f"{what}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
+    return dataclasses.replace(default, **d)
 
 
 # -- the entry point ----------------------------------------------------------------------------------------------

@@ -209,9 +209,9 @@ class INNConfig:
             raise ValueError(f"INNConfig: label_smoothing must lie in (0, 1), got {self.label_smoothing}")
         # a partial dict overrides fields of this class's default flow / optimisation, not the classes' defaults
         if isinstance(self.flow, dict):
-            object.__setattr__(self, "flow", FlowConfig(**{**DEFAULT_INN_FLOW.to_dict(), **self.flow}))
+            object.__setattr__(self, "flow", dataclasses.replace(DEFAULT_INN_FLOW, **self.flow))
         if isinstance(self.train, dict):
-            object.__setattr__(self, "train", TrainConfig(**{**DEFAULT_INN_TRAIN.to_dict(), **self.train}))
+            object.__setattr__(self, "train", dataclasses.replace(DEFAULT_INN_TRAIN, **self.train))
 
     @classmethod
     def from_dict(cls, d: dict) -> INNConfig:

@@ -111,8 +111,9 @@ class DeepSetSummary(nn.Module):
         count = valid.clamp_min(1.0)
         # psi's last layer is affine and the pool is a mean, so the layer is applied after pooling: the same
         # function, but its (hidden x hidden) product runs on B pooled rows instead of B * K members.
-        last = self.psi[-1]
-        h = self.psi[:-1](y)  # an empty Sequential (num_layers=0) passes y through
+        h, last = y, self.psi[-1]
+        for i in range(len(self.psi) - 1):  # indexing, not slicing: a slice would build a new Sequential every call
+            h = self.psi[i](h)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros((), dtype=y.dtype, device=y.device))
         pooled = nn.functional.linear(h.sum(1) / count, last.weight) + (valid / count) * last.bias  # empty set: 0
         size = torch.log(count) / self.LOG_K_REF
