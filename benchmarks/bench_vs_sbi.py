@@ -10,7 +10,9 @@ scored on the same test observations against the same reference samples:
   plus ``build_posterior()``);
 * **samples/s** for one observation (10 000 samples, best of 10);
 * **batched observations/s**: ``sample_batched((100,), Y)`` with ``B = 1000`` observations (sbi:
-  ``DirectPosterior.sample_batched``), best of 2;
+  ``DirectPosterior.sample_batched``), best of 2; both sampling rates are timed after training, with the two
+  trained posteriors loaded into one process and timed in alternation (``time_pair``), so slow spells of the shared
+  machine hit both methods alike;
 * **peak memory**: resident set size of a fresh worker process, read from ``/proc/self/status`` (``VmHWM`` reset
   through ``/proc/self/clear_refs`` at the start of each phase, so torch's CPU allocations are counted; falls back
   to ``resource.getrusage`` max RSS where ``clear_refs`` is not writable). Reported as the increase over the RSS
@@ -65,6 +67,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # The run imports sbi_inn and simulators from a snapshot copied at start (other people may edit the working tree
@@ -136,55 +140,67 @@ class PeakRSS:
 
 
 # -- worker: one (simulator, budget, method) in a fresh process ------------------------------------------------------
+class _RealSupport(torch.distributions.Distribution):
+    """``base`` with support declared as R^D, for priors whose constraint ``biject_to`` cannot transform. At module
+    level so that sbi's posterior, which holds the prior, pickles (``time_pair`` reloads it)."""
+
+    arg_constraints: dict = {}
+    support = torch.distributions.constraints.independent(torch.distributions.constraints.real, 1)
+
+    def __init__(self, base):
+        self.base = base
+        super().__init__(torch.Size(), base.event_shape, validate_args=False)
+
+    def sample(self, sample_shape=()):
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
+
+    @property
+    def mean(self):
+        return self.base.mean
+
+    @property
+    def variance(self):
+        return self.base.variance
+
+
 def _sbi_prior(prior):
     """The prior as sbi accepts it: ``process_prior``, with a real-support wrapper for supports ``biject_to`` lacks
     (the Gaussian mixture's ``MixtureSameFamily`` has support R^2 but a constraint torch cannot transform)."""
-    import torch
     from sbi.utils import process_prior
-    from torch.distributions import Distribution, biject_to, constraints
+    from torch.distributions import biject_to
 
     try:
         biject_to(prior.support)
         wrapped = prior
     except NotImplementedError:
-        class RealSupport(Distribution):
-            arg_constraints: dict = {}
-            support = constraints.independent(constraints.real, 1)
-
-            def __init__(self, base):
-                self.base = base
-                super().__init__(torch.Size(), base.event_shape, validate_args=False)
-
-            def sample(self, sample_shape=()):
-                return self.base.sample(sample_shape)
-
-            def log_prob(self, value):
-                return self.base.log_prob(value)
-
-            @property
-            def mean(self):
-                return self.base.mean
-
-            @property
-            def variance(self):
-                return self.base.variance
-
-        wrapped = RealSupport(prior)
+        wrapped = _RealSupport(prior)
     return process_prior(wrapped)[0]
 
 
-def _best_of(fn, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _draw_fns(method: str, posterior, is_set: bool):
+    """``(draw(n, y), draw_batched(n, Y))`` for a trained posterior; observations as the simulator returns them
+    (sbi gets set-valued ones flattened, as in training)."""
+    if method == "sbi":
+        flat = (lambda t: t.reshape(t.shape[0], -1)) if is_set else (lambda t: t)
+
+        def draw(n, y_one):
+            return posterior.sample((n,), x=flat(y_one[None])[0], show_progress_bars=False)
+
+        def draw_batched(n, Y):
+            return posterior.sample_batched((n,), x=flat(Y), show_progress_bars=False)
+    else:
+        def draw(n, y_one):
+            return posterior.sample((n,), y_one)
+
+        def draw_batched(n, Y):
+            return posterior.sample_batched((n,), Y)
+    return draw, draw_batched
 
 
 def worker(spec: dict) -> dict:
-    import torch
-
     torch.set_num_threads(1)
     try:
         torch.set_num_interop_threads(1)
@@ -210,8 +226,7 @@ def worker(spec: dict) -> dict:
 
         prior = _sbi_prior(sim.prior)
         x, y = data["x"], data["y"]
-        flat = (lambda t: t.reshape(t.shape[0], -1)) if is_set else (lambda t: t)
-        y, y_test_m, y_batch_m = flat(y), flat(y_test), flat(y_batch)
+        y = y.reshape(y.shape[0], -1) if is_set else y  # sbi gets the sets flattened
         rss0 = mem.start()
         t0 = time.perf_counter()
         inference = NPE(prior=prior, show_progress_bars=False)
@@ -222,15 +237,9 @@ def worker(spec: dict) -> dict:
                 "density_estimator": "maf (sbi default)", "sbi_version": sbi.__version__,
                 "batched_sampler": "DirectPosterior.sample_batched"}
 
-        def draw(n, y_one):
-            return posterior.sample((n,), x=y_one, show_progress_bars=False)
-
-        def draw_batched(n, Y):
-            return posterior.sample_batched((n,), x=Y, show_progress_bars=False)
     else:
         from sbi_inn.fit import fit_posterior
 
-        y_test_m, y_batch_m = y_test, y_batch
         rss0 = mem.start()
         t0 = time.perf_counter()
         posterior = fit_posterior(data=spec["data"], prior=sim.prior, seed=spec["seed"], show_progress=False,
@@ -241,33 +250,76 @@ def worker(spec: dict) -> dict:
                 "summary": posterior.metadata.get("summary"), "batched_sampler": "Posterior.sample_batched",
                 "fit_config": posterior.metadata.get("fit_config")}
 
-        def draw(n, y_one):
-            return posterior.sample((n,), y_one)
-
-        def draw_batched(n, Y):
-            return posterior.sample_batched((n,), Y)
+    draw, draw_batched = _draw_fns(method, posterior, is_set)
     train_peak = mem.peak() - rss0
     peak_abs = mem.peak()
 
     rss1 = mem.start()
     with torch.no_grad():
-        samples = torch.stack([draw(n_samples, y_test_m[i]) for i in range(len(y_test_m))], 1)  # (n, B, D)
-        draw(100, y_test_m[0])  # warm-up
-        t_single = _best_of(lambda: draw(SINGLE_SAMPLES, y_test_m[0]), SINGLE_REPEATS)
-        out = draw_batched(BATCH_SAMPLES, y_batch_m[:2])  # warm-up
-        t_batch = _best_of(lambda: draw_batched(BATCH_SAMPLES, y_batch_m), 2)
-        out = draw_batched(BATCH_SAMPLES, y_batch_m[:4])
-    assert out.shape == (BATCH_SAMPLES, 4, sim.param_dim), out.shape
+        samples = torch.stack([draw(n_samples, y_test[i]) for i in range(len(y_test))], 1)  # (n, B, D)
+        out = draw_batched(BATCH_SAMPLES, y_batch)  # the memory of one full batched call; timed in time_pair
+    assert out.shape == (BATCH_SAMPLES, len(y_batch), sim.param_dim), out.shape
     sample_peak = mem.peak() - rss1
     peak_abs = max(peak_abs, mem.peak())
     torch.save({"samples": samples.float()}, spec["samples_out"])
-    return {"train_seconds": train_time, "samples_per_second": SINGLE_SAMPLES / t_single,
-            "single_sample_seconds": t_single, "batched_obs_per_second": len(y_batch_m) / t_batch,
-            "batched_seconds": t_batch, "train_peak_rss_increase_mib": train_peak,
+    if method == "sbi":
+        torch.save(posterior, spec["posterior_out"])  # sbi's own format is a pickle (our file, read back below)
+    else:
+        posterior.save(spec["posterior_out"])
+    return {"train_seconds": train_time, "train_peak_rss_increase_mib": train_peak,
             "sample_peak_rss_increase_mib": sample_peak, "peak_rss_mib": peak_abs, "baseline_rss_mib": rss0,
             "memory_method": mem.method, "num_train_rows": int(data["x"].shape[0]), "torch_threads":
             torch.get_num_threads(), "source_digest": digest,
             "sbi_inn_path": str(Path(sbi_inn.__file__).parent), **info}
+
+
+def _load_posterior(method: str, path: str):
+    if method == "sbi":
+        return torch.load(path, weights_only=False)  # sbi pickles; this file was written by our own worker
+    from sbi_inn.posterior import load_posterior
+
+    return load_posterior(path)
+
+
+def time_pair(spec: dict) -> dict:
+    """Sampling rates of the saved posteriors of one (simulator, budget), timed *interleaved* in one process.
+
+    The shared machine has slow spells lasting seconds (the same draw took 12 ms in one run and 28 ms in another);
+    timing the methods in alternation, best of ``SINGLE_REPEATS`` (single) and of 2 (batched) each, exposes both to
+    the same spells, so the ratio is robust even when the absolute rates are not.
+    """
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    obs = torch.load(spec["obs"], weights_only=True)
+    y_test, y_batch = obs["y_test"], obs["y_batch"]
+    methods = list(spec["posteriors"])
+    fns = {m: _draw_fns(m, _load_posterior(m, p), spec["is_set"]) for m, p in spec["posteriors"].items()}
+    best = {m: {"single": math.inf, "batched": math.inf} for m in methods}
+
+    def timed(fn, *args) -> float:
+        t0 = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t0
+
+    with torch.no_grad():
+        for m in methods:  # warm-up
+            fns[m][0](100, y_test[0])
+            out = fns[m][1](BATCH_SAMPLES, y_batch[:2])
+            assert out.shape[:2] == (BATCH_SAMPLES, 2), out.shape
+        for r in range(SINGLE_REPEATS):
+            for m in (methods if r % 2 == 0 else methods[::-1]):
+                best[m]["single"] = min(best[m]["single"], timed(fns[m][0], SINGLE_SAMPLES, y_test[0]))
+        for r in range(2):
+            for m in (methods if r % 2 == 0 else methods[::-1]):
+                best[m]["batched"] = min(best[m]["batched"], timed(fns[m][1], BATCH_SAMPLES, y_batch))
+    return {m: {"samples_per_second": SINGLE_SAMPLES / b["single"], "single_sample_seconds": b["single"],
+                "batched_obs_per_second": len(y_batch) / b["batched"], "batched_seconds": b["batched"],
+                "sampling_timed": "interleaved with " + ", ".join(x for x in methods if x != m) if len(methods) > 1
+                else "alone"}
+            for m, b in best.items()}
 
 
 # -- parent: data, references, scoring -------------------------------------------------------------------------------
@@ -275,8 +327,6 @@ def likelihood_rejection(sim, y, n: int, seed: int, chunk: int = 1_000_000, max_
     """Exact posterior samples for a bounded likelihood: prior draws accepted with prob ``p(y|x) / max_x p(y|x)``.
 
     For ``inverse_kinematics`` with Gaussian noise the bound is the density at zero residual."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     log_max = -2 * math.log(sim.noise) - math.log(2 * math.pi)
     kept, total, drawn = [], 0, 0
@@ -294,8 +344,6 @@ def likelihood_rejection(sim, y, n: int, seed: int, chunk: int = 1_000_000, max_
 
 def make_observations(name: str, sim, n_test: int, seed: int):
     """Test observations ``(B, ...)`` (with their true parameters where drawn) and 1000 batch observations."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     if name == "gaussian_mixture":
         y_test, x_test = torch.eye(sim.num_labels)[:n_test], None
@@ -314,8 +362,6 @@ def _simulate(sim, x, gen):
 
 
 def make_reference(name: str, sim, y_test, n: int, seed: int) -> tuple:
-    import torch
-
     from sbi_inn import reference
 
     refs, info = [], []
@@ -353,8 +399,6 @@ def score_c2st(samples, ref) -> list[float]:
 def machine_info() -> dict:
     import numpy
     import sklearn
-    import torch
-
     try:
         import sbi
         sbi_version = sbi.__version__
@@ -463,7 +507,7 @@ def main(argv=None) -> int:
 
     if args.worker is not None:
         spec = json.loads(args.worker.read_text())
-        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+        Path(spec["result"]).write_text(json.dumps(time_pair(spec) if "posteriors" in spec else worker(spec)))
         return 0
     if not args.no_snapshot and not os.environ.get(SRC_ENV):
         # freeze the code under test, then run this script again on the frozen copy
@@ -476,8 +520,6 @@ def main(argv=None) -> int:
                                   env={**os.environ, SRC_ENV: str(snap)}).returncode
         finally:
             shutil.rmtree(snap, ignore_errors=True)
-
-    import torch
 
     from sbi_inn.data import simulate_to_hdf5
     from simulators import get_simulator
@@ -510,12 +552,14 @@ def main(argv=None) -> int:
             for budget in budgets:
                 data = workdir / f"{name}_{budget}.h5"
                 simulate_to_hdf5(sim, sim.prior, budget, data, seed=args.seed, show_progress=False)
+                cell = []
                 for method in args.methods:
                     spec = {"simulator": name, "sim_kwargs": kwargs, "budget": budget, "method": method,
                             "fit_config": args.fit_config if method == "sbi_inn" else None,
                             "summary": args.summary if method == "sbi_inn" and not sim.is_set_valued else None,
                             "data": str(data), "obs": str(obs_path), "num_samples": n_samples, "seed": args.seed,
-                            "samples_out": str(workdir / f"samples_{name}_{budget}_{method}.pt")}
+                            "samples_out": str(workdir / f"samples_{name}_{budget}_{method}.pt"),
+                            "posterior_out": str(workdir / f"posterior_{name}_{budget}_{method}.pt")}
                     load = os.getloadavg()
                     res = run_worker(spec, workdir, args.timeout)
                     row = {"simulator": name, "budget": budget, "method": method, "load_average_before": load,
@@ -528,10 +572,20 @@ def main(argv=None) -> int:
                         print(f"  ERROR {name} {budget} {method}: {res['error']}", flush=True)
                     row["load_average_after"] = os.getloadavg()
                     rows.append(row)
+                    cell.append((row, spec))
                     print(f"[{time.perf_counter() - started:6.0f}s] {name} n={budget} {method}: "
-                          f"C2ST {_fmt(row.get('c2st_mean'), '.3f')}, train {_fmt(row.get('train_seconds'), '.1f')} s, "
-                          f"{_fmt(row.get('samples_per_second'), ',.0f')} samples/s, "
-                          f"{_fmt(row.get('batched_obs_per_second'), ',.0f')} obs/s (load {load[0]:.2f})",
+                          f"C2ST {_fmt(row.get('c2st_mean'), '.3f')}, train {_fmt(row.get('train_seconds'), '.1f')} s "
+                          f"(load {load[0]:.2f})", flush=True)
+                trained = {spec["method"]: spec["posterior_out"] for row, spec in cell if "error" not in row}
+                if trained:
+                    pair = {"simulator": name, "budget": budget, "method": "time_pair", "obs": str(obs_path),
+                            "posteriors": trained, "is_set": sim.is_set_valued}
+                    timing = run_worker(pair, workdir, args.timeout)
+                    for row, _ in cell:
+                        row.update(timing.get(row["method"], {"sampling_error": timing.get("error")}))
+                    print(f"[{time.perf_counter() - started:6.0f}s] {name} n={budget} sampling (interleaved): "
+                          + ", ".join(f"{r['method']} {_fmt(r.get('samples_per_second'), ',.0f')} samples/s, "
+                                      f"{_fmt(r.get('batched_obs_per_second'), ',.0f')} obs/s" for r, _ in cell),
                           flush=True)
     text, md = tables(rows)
     targets = compare_targets(rows)
@@ -544,8 +598,10 @@ def main(argv=None) -> int:
                      "methods": args.methods, "fit_config_override": args.fit_config, "summary": args.summary,
                      "torch_num_threads": 1, "blas_threads": 1, "c2st_samples_per_observation": n_samples,
                      "c2st": "sbi_inn.diagnostics.c2st(reference, samples), 5-fold MLP, mean over test observations",
-                     "single_sampling": f"{SINGLE_SAMPLES} samples for one observation, best of {SINGLE_REPEATS}",
-                     "batched_sampling": f"sample_batched(({BATCH_SAMPLES},), Y) with B={BATCH_OBS}, best of 2",
+                     "single_sampling": f"{SINGLE_SAMPLES} samples for one observation, best of {SINGLE_REPEATS}, "
+                                        "both methods loaded in one process and timed in alternation",
+                     "batched_sampling": f"sample_batched(({BATCH_SAMPLES},), Y) with B={BATCH_OBS}, best of 2, "
+                                         "timed in alternation like single sampling",
                      "training_time": "wall time of the whole training call incl. posterior construction; "
                                       "simulation excluded (same HDF5 file for both)",
                      "memory": "RSS of a fresh worker process per row; increase over the phase start "

@@ -156,6 +156,11 @@ class INNConfig:
         y_loss: ``"mse"`` (squared loss on standardised ``y``, the default) or ``"ce"`` (label observations:
             cross-entropy on logits, y-space = centred log of the smoothed labels; module docstring, thesis 4.1.2).
         label_smoothing: ``eps`` in ``(0, 1)`` of ``y_loss="ce"`` (ignored by ``"mse"``).
+        w_support: weight of ``L_support`` (ours, not in the thesis; 0 disables it): backward samples drawn from
+            over-dispersed latents ``support_latent_scale * z`` are kept inside ``|u| <= support_radius``
+            (standardised unconstrained units) by a squared hinge. ``L_x``, an MMD, barely sees the rare latent
+            tails, which can map far outside the prior, where ``f_y`` was never trained against the simulator.
+        support_radius, support_latent_scale: the hinge radius and the latent over-dispersion of ``L_support``.
         flow: the coupling-flow architecture (default: thesis B.5.2 with a soft clamp of 1, stable at lr 3e-3).
         train: optimisation settings (Adam, decaying learning rate, clipping; ``sbi_inn.train``).
 
@@ -186,6 +191,9 @@ class INNConfig:
     pad_noise: float = 1e-2
     y_loss: str = "mse"
     label_smoothing: float = 0.05
+    w_support: float = 0.0
+    support_radius: float = 3.5
+    support_latent_scale: float = 1.5
     flow: FlowConfig | dict = field(default_factory=lambda: DEFAULT_INN_FLOW)
     train: TrainConfig | dict = field(default_factory=lambda: DEFAULT_INN_TRAIN)
 
@@ -193,7 +201,7 @@ class INNConfig:
         object.__setattr__(self, "widths", tuple(float(h) for h in self.widths))
         if self.widths_x is not None:
             object.__setattr__(self, "widths_x", tuple(float(h) for h in self.widths_x))
-        for name in ("w_y", "w_z", "w_x", "w_pad", "w_rec", "y_noise", "pad_noise"):
+        for name in ("w_y", "w_z", "w_x", "w_pad", "w_rec", "y_noise", "pad_noise", "w_support"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"INNConfig: {name} must be >= 0, got {getattr(self, name)}")
         for kernel in (self.kernel, self.kernel_x):
@@ -203,6 +211,9 @@ class INNConfig:
             raise ValueError(f"INNConfig: latent_dim must be >= 1, got {self.latent_dim}")
         if self.x_ramp_epochs < 0:
             raise ValueError(f"INNConfig: x_ramp_epochs must be >= 0, got {self.x_ramp_epochs}")
+        if not (self.support_radius > 0 and self.support_latent_scale > 0):
+            raise ValueError(f"INNConfig: support_radius and support_latent_scale must be > 0, got "
+                             f"{self.support_radius}, {self.support_latent_scale}")
         if self.y_loss not in Y_LOSSES:
             raise ValueError(f"INNConfig: y_loss must be one of {Y_LOSSES}, got {self.y_loss!r}")
         if not 0 < self.label_smoothing < 1:
@@ -415,7 +426,8 @@ def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig)
     ``model.logits(f_y(x))``; the forward optimum is then the same value the backward passes are fed.
 
     Returns:
-        dict with scalar tensors ``y``, ``z``, ``x``, ``pad`` and ``rec`` (zero where a term does not apply).
+        dict with scalar tensors ``y``, ``z``, ``x``, ``pad``, ``rec`` and ``support`` (zero where a term does not
+        apply; ``support`` is only computed when ``config.w_support > 0``).
     """
     if (config.y_loss, config.label_smoothing) != (model.y_loss, model.label_smoothing) and (
             config.y_loss == "ce" or model.y_loss == "ce"):
@@ -454,7 +466,14 @@ def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig)
         l_rec = ((xr[:, :D] - u) ** 2).sum(-1).mean()
     else:
         l_rec = zero  # exactly zero for an invertible map without padding
-    return {"y": l_y, "z": l_z, "x": l_x, "pad": l_pad, "rec": l_rec}
+
+    # L_support (ours): backward samples from over-dispersed latents stay within support_radius standardised units
+    l_support = zero
+    if config.w_support > 0:
+        zt = config.support_latent_scale * torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
+        xt = model.inverse(model.join_yz(ys, zt, config.pad_noise))[0][:, :D]
+        l_support = torch.relu(xt.abs() - config.support_radius).square().sum(-1).mean()
+    return {"y": l_y, "z": l_z, "x": l_x, "pad": l_pad, "rec": l_rec, "support": l_support}
 
 
 def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True):
@@ -473,7 +492,7 @@ def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True):
         if model.training and torch.is_grad_enabled():
             model.train_steps += 1
         loss = (config.w_y * terms["y"] + config.w_z * terms["z"] + w_x * terms["x"]
-                + config.w_pad * terms["pad"] + config.w_rec * terms["rec"])
+                + config.w_pad * terms["pad"] + config.w_rec * terms["rec"] + config.w_support * terms["support"])
         return loss, {f"L_{k}": float(v.detach()) for k, v in terms.items()}
 
     return loss_fn

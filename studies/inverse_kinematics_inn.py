@@ -135,6 +135,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--w-y", type=float, default=CONFIG.w_y, help="weight of L_y (re-simulation accuracy)")
     parser.add_argument("--widths-x", type=float, nargs="+", default=None,
                         help="MMD kernel widths of L_x (default: those of L_z); a wide one pulls far outliers back")
+    parser.add_argument("--w-support", type=float, default=CONFIG.w_support,
+                        help="weight of L_support, the hinge keeping backward samples of over-dispersed latents "
+                             "inside the prior (INNConfig.w_support; 0 disables)")
+    parser.add_argument("--support-radius", type=float, default=CONFIG.support_radius,
+                        help="L_support hinge radius in standardised units")
+    parser.add_argument("--support-scale", type=float, default=CONFIG.support_latent_scale,
+                        help="L_support latent over-dispersion")
     parser.add_argument("--activation", default=CONFIG.flow.activation, help="subnet nonlinearity (flows.ACTIVATIONS)")
     parser.add_argument("--blocks", type=int, default=CONFIG.flow.num_blocks, help="affine coupling blocks")
     parser.add_argument("--hidden", type=int, default=CONFIG.flow.hidden, help="subnet width")
@@ -174,7 +181,9 @@ def main(argv=None) -> dict:
 
     budget = 60 * args.budget_minutes
     flow = {**CONFIG.flow.to_dict(), "activation": args.activation, "num_blocks": args.blocks, "hidden": args.hidden}
-    config = INNConfig.from_dict({**CONFIG.to_dict(), "w_y": args.w_y, "flow": flow, "widths_x": args.widths_x})
+    config = INNConfig.from_dict({**CONFIG.to_dict(), "w_y": args.w_y, "flow": flow, "widths_x": args.widths_x,
+                                  "w_support": args.w_support, "support_radius": args.support_radius,
+                                  "support_latent_scale": args.support_scale})
     epochs = plan_epochs(config, x, y, budget, overhead=1.05)
     train = {**CONFIG.train.to_dict(), "epochs": epochs, "max_time": 1.1 * budget}
     config = INNConfig.from_dict({**config.to_dict(), "train": train})

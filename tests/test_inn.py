@@ -461,3 +461,36 @@ def test_ce_save_load_round_trip_and_old_files_load_as_mse(tmp_path):
     old = load_posterior(path, device="cpu")
     assert old.model.y_loss == "mse" and INNConfig.from_dict(old.metadata["config"]).y_loss == "mse"
     assert torch.equal(old.sample((50,), torch.eye(4)[0], seed=1), mse.sample((50,), torch.eye(4)[0], seed=1))
+
+
+def test_support_term_is_the_hinge_on_overdispersed_backward_samples():
+    model = _model(D=2, M=4, K=2, N=8)
+    sim = get_simulator("gaussian_mixture")
+    g = torch.Generator().manual_seed(0)
+    x = sim.sample_prior(64, generator=g)
+    y = sim.simulate(x, generator=g)
+    model.fit_normalization(x, y)
+    off = inn_losses(model, x, y, INNConfig(latent_dim=2, nominal_dim=8))
+    assert float(off["support"]) == 0.0  # disabled by default, no extra pass
+    cfg = INNConfig(latent_dim=2, nominal_dim=8, w_support=1.0, support_radius=0.3, support_latent_scale=2.0,
+                    pad_noise=0.0)
+    torch.manual_seed(1)
+    terms = inn_losses(model, x, y, cfg)
+    # replay the same random draws: the support pass is the last one inn_losses makes
+    torch.manual_seed(1)
+    ys = model.encode_y(y) + cfg.y_noise * torch.randn(64, 4)
+    # then, in order: forward padding (6), L_z latents (2), L_x latents (2) and padding (2), L_rec padding (2)
+    for width in (6, 2, 2, 2, 2):
+        torch.randn(64, width)
+    zt = 2.0 * torch.randn(64, 2)
+    xt = model.inverse(model.join_yz(ys, zt))[0][:, :2]
+    expected = torch.relu(xt.abs() - 0.3).square().sum(-1).mean()
+    assert float(terms["support"].detach()) > 0
+    torch.testing.assert_close(terms["support"], expected)
+    grads = torch.autograd.grad(terms["support"], [p for p in model.parameters() if p.requires_grad],
+                                allow_unused=True)
+    assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)  # it trains the inverse pass
+    wide = inn_losses(model, x, y, dataclasses.replace(cfg, support_radius=1e3))
+    assert float(wide["support"].detach()) == 0.0  # everything inside the radius: no penalty
+    with pytest.raises(ValueError, match="support_radius"):
+        INNConfig(support_radius=0.0)

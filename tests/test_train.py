@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sbi_inn.train import TrainConfig, train
+from sbi_inn.train import TrainConfig, clip_grad_norm, train
 
 
 def _data():
@@ -179,3 +179,31 @@ def test_fresh_data_every_epoch_trains_and_resumes_identically(tmp_path):
     train(resumed, _loss, fresh, va, CFG, device=CPU, checkpoint_path=ckpt, show_progress=False)
     for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_clip_grad_norm_matches_torch(max_norm):
+    def grads(seed):
+        gen = torch.Generator().manual_seed(seed)
+        ps = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(3, 4), (4,), (7,)]]
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        return ps
+
+    ours, ref = grads(0), grads(0)
+    ours.append(torch.nn.Parameter(torch.zeros(2)))  # a parameter without a gradient is ignored
+    norm = clip_grad_norm(ours, max_norm)
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    assert norm == pytest.approx(float(ref_norm), rel=1e-6)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+    if max_norm < 1:  # clipped to the bound
+        total = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in ours[:3]]))
+        assert float(total) == pytest.approx(max_norm, rel=1e-4)
+
+
+def test_clip_grad_norm_reports_non_finite_without_scaling():
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, float("nan"), 2.0])
+    assert clip_grad_norm([p], 1.0) != clip_grad_norm([p], 1.0)  # NaN
+    assert p.grad[0] == 1.0 and p.grad[2] == 2.0
