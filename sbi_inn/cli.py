@@ -382,7 +382,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import math
     import time
 
-    from sbi_inn.fit import FitConfig, fit_posterior
+    from sbi_inn.fit import DEFAULT_TRAIN, FitConfig, fit_posterior
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such simulation file: {args.data!r}")
@@ -398,14 +398,13 @@ def _run_train(args: argparse.Namespace) -> int:
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
              "max_time": None if args.minutes is None else 60.0 * args.minutes}
     if args.lr is not None:
-        train["lr_final"] = min(base.train.lr_final, args.lr)
-    if args.method == "cinn":  # overrides of default_flow(D), resolved once D is known
-        flow_config = flow or base.flow
+        train["lr_final"] = min(DEFAULT_TRAIN.lr_final if args.method == "cinn" else base.train.lr_final, args.lr)
+    train = {k: v for k, v in train.items() if v is not None}
+    if args.method == "cinn":  # overrides of default_flow(D, n) and default_train(n), resolved once D, n are known
+        config = dataclasses.replace(base, flow=flow or None, train=train or None)
     else:
-        flow_config = dataclasses.replace(base.flow, **flow)
-    config = dataclasses.replace(
-        base, flow=flow_config,
-        train=dataclasses.replace(base.train, **{k: v for k, v in train.items() if v is not None}))
+        config = dataclasses.replace(base, flow=dataclasses.replace(base.flow, **flow),
+                                     train=dataclasses.replace(base.train, **train))
     device = _device(args.device)
     t0 = time.perf_counter()
     posterior = fit_posterior(data=args.data, method=args.method, device=device, seed=args.seed, config=config,

@@ -21,7 +21,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,11 @@ SUMMARIES = ("auto", "mlp", "deepset", "none")
 # early stopping after 20 epochs without a validation loss 1e-3 nats per dimension below the last counted one
 DEFAULT_TRAIN = TrainConfig(epochs=150, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20, min_delta=1e-3,
                             max_time=None)
+# Small simulation budgets (fewer than SMALL_DATA_ROWS training simulations) overfit: default_flow adds subnet dropout
+# and training starts at twice the learning rate and stops after 10 epochs without improvement (see default_train).
+SMALL_DATA_ROWS = 2000
+SMALL_DATA_DROPOUT = 0.1
+SMALL_DATA_TRAIN = dataclasses.replace(DEFAULT_TRAIN, lr=2e-3, patience=10)
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,13 @@ class FitConfig:
     follow ``sbi_inn.train.batch_size_for`` (112 for 1000 simulations, 256 from about 2000 on).
 
     Attributes:
-        flow: coupling-flow architecture for ``D`` parameters: ``None`` (the default) is ``default_flow(D)``, a dict
-            overrides some of its fields (``{"dropout": 0.1}``), a ``sbi_inn.flows.FlowConfig`` is used as given.
-        train: optimisation settings: a ``sbi_inn.train.TrainConfig``, or a dict overriding fields of
-            ``DEFAULT_TRAIN`` (``{"patience": 40}`` keeps the automatic batch size); its ``seed`` is replaced by the
-            ``seed`` of :func:`fit_posterior`.
+        flow: coupling-flow architecture for ``D`` parameters and ``n`` training simulations: ``None`` (the
+            default) is ``default_flow(D, n)``, a dict overrides some of its fields (``{"dropout": 0.0}``), a
+            ``sbi_inn.flows.FlowConfig`` is used as given.
+        train: optimisation settings: ``None`` (the default) is ``default_train(n)`` for ``n`` training
+            simulations, a dict overrides some of its fields (``{"patience": 40}`` keeps the automatic batch size and
+            the rest), a ``sbi_inn.train.TrainConfig`` is used as given; its ``seed`` is replaced by the ``seed`` of
+            :func:`fit_posterior`.
         summary_dim: number of learned summary features (default 32; ignored for ``summary="none"``).
         summary_hidden, summary_layers, summary_activation: width, hidden layers and nonlinearity of the summary
             network (for deep sets: of each of ``psi`` and ``rho``); ``summary_layers=None`` is 2 for the MLP and 1 for
@@ -73,12 +80,14 @@ class FitConfig:
 
     Example:
         >>> cfg = FitConfig.from_dict({"flow": {"num_blocks": 4}, "train": {"epochs": 50}, "summary_dim": 16})
-        >>> cfg.flow_for(6).num_blocks, cfg.flow_for(6).hidden, cfg.train.epochs, cfg.summary_dim
-        (4, 64, 50, 16)
+        >>> cfg.flow_for(6, 10_000).num_blocks, cfg.flow_for(6, 10_000).hidden, cfg.summary_dim
+        (4, 64, 16)
+        >>> cfg.train_for(10_000).epochs, cfg.train_for(10_000).lr, cfg.train_for(900).lr
+        (50, 0.001, 0.002)
     """
 
     flow: FlowConfig | dict | None = None
-    train: TrainConfig | dict = field(default_factory=lambda: DEFAULT_TRAIN)
+    train: TrainConfig | dict | None = None
     summary_dim: int | None = None
     summary_hidden: int = 128
     summary_layers: int | None = None
@@ -93,10 +102,11 @@ class FitConfig:
         if isinstance(self.flow, dict):
             _override(default_flow(2), self.flow, "FitConfig.flow")  # checks keys and values; flow_for applies it
         if isinstance(self.train, dict):
-            # a partial dict overrides fields of DEFAULT_TRAIN, not TrainConfig's class defaults
-            object.__setattr__(self, "train", _override(DEFAULT_TRAIN, self.train, "FitConfig.train"))
-        if not isinstance(self.flow, FlowConfig | dict | None) or not isinstance(self.train, TrainConfig):
-            raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig (or dict)")
+            # checks keys and values; train_for applies it to default_train(n), not to TrainConfig's class defaults
+            _override(DEFAULT_TRAIN, self.train, "FitConfig.train")
+        if not isinstance(self.flow, FlowConfig | dict | None) or not isinstance(self.train, TrainConfig | dict | None):
+            raise TypeError("FitConfig: flow must be a FlowConfig, a dict or None, and train a TrainConfig, a dict or "
+                            "None")
         if self.summary_dim is not None and self.summary_dim < 1:
             raise ValueError(f"FitConfig: summary_dim must be >= 1 or None, got {self.summary_dim}")
         if self.summary_hidden < 1 or (self.summary_layers or 0) < 0 or self.spline_bins < 2:
@@ -114,15 +124,29 @@ class FitConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def flow_for(self, param_dim: int) -> FlowConfig:
-        """The coupling flow for ``param_dim`` parameters (see ``flow``)."""
+    def flow_for(self, param_dim: int, num_train: int | None = None) -> FlowConfig:
+        """The coupling flow for ``param_dim`` parameters and ``num_train`` training simulations (see ``flow``)."""
         if isinstance(self.flow, FlowConfig):
             return self.flow
-        return dataclasses.replace(default_flow(param_dim), **(self.flow or {}))
+        return dataclasses.replace(default_flow(param_dim, num_train), **(self.flow or {}))
+
+    def train_for(self, num_train: int) -> TrainConfig:
+        """The optimisation settings for ``num_train`` training simulations (see ``train``)."""
+        if isinstance(self.train, TrainConfig):
+            return self.train
+        return dataclasses.replace(default_train(num_train), **(self.train or {}))
 
 
-def default_flow(param_dim: int) -> FlowConfig:
-    """The coupling flow of ``fit_posterior`` for ``param_dim`` parameters when ``FitConfig.flow`` is ``None``.
+def default_train(num_train: int) -> TrainConfig:
+    """The optimisation of ``fit_posterior`` for ``num_train`` training simulations when ``FitConfig.train`` is
+    ``None``: ``DEFAULT_TRAIN``, or below ``SMALL_DATA_ROWS`` simulations ``SMALL_DATA_TRAIN`` (learning rate 2e-3,
+    patience 10; see ``default_flow`` for the measurements)."""
+    return SMALL_DATA_TRAIN if num_train < SMALL_DATA_ROWS else DEFAULT_TRAIN
+
+
+def default_flow(param_dim: int, num_train: int | None = None) -> FlowConfig:
+    """The coupling flow of ``fit_posterior`` for ``param_dim`` parameters and ``num_train`` training simulations
+    (``None``: many) when ``FitConfig.flow`` is ``None``.
 
     Subnets of one hidden layer of 64; 8 coupling blocks, or 4 for two parameters. Chosen on
     ``benchmarks/bench_vs_sbi.py`` (C2ST per cell, one seed): against 6 blocks of two 128-wide layers, 8 x 64 x 1
@@ -137,7 +161,9 @@ def default_flow(param_dim: int) -> FlowConfig:
     0.663 against 0.694, the mixture unchanged; but early stopping then runs 2-3x longer, and at 10 000 simulations
     it was worse (mixture 0.566 against 0.549, inverse kinematics 0.641 against 0.597), so it is not the default.
     """
-    return FlowConfig(num_blocks=4 if param_dim == 2 else 8, hidden=64, num_layers=1)
+    small = num_train is not None and num_train < SMALL_DATA_ROWS
+    return FlowConfig(num_blocks=4 if param_dim == 2 else 8, hidden=64, num_layers=1,
+                      dropout=SMALL_DATA_DROPOUT if small else 0.0)
 
 
 def _override(default, d: dict, what: str):
@@ -525,6 +551,7 @@ def _loss(model: ConditionalINN, batch):
 
 def _fit_cinn(sims, config: FitConfig, summary, dev, seed, fraction, show_progress, checkpoint_dir) -> Posterior:
     train_data, val_data = _split(sims, fraction, seed)
+    num_train = train_data[0].shape[0] if isinstance(train_data, tuple) else len(train_data)
     x0, y0, s0 = _standardization_sample(train_data)
     is_set = bool(sims["is_set_valued"])
     obs_shape = tuple(y0.shape[2:]) if is_set else tuple(y0.shape[1:])
@@ -535,7 +562,7 @@ def _fit_cinn(sims, config: FitConfig, summary, dev, seed, fraction, show_progre
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConditionalINN(x0.shape[1], obs_shape, support_low=lo, support_high=hi, is_set_valued=is_set,
-                               flow=config.flow_for(x0.shape[1]), summary=summary,
+                               flow=config.flow_for(x0.shape[1], num_train), summary=summary,
                                summary_dim=config.summary_dim,
                                summary_hidden=config.summary_hidden, summary_layers=config.summary_layers,
                                summary_activation=config.summary_activation, spline_bins=config.spline_bins)
@@ -548,16 +575,16 @@ def _fit_cinn(sims, config: FitConfig, summary, dev, seed, fraction, show_progre
     if isinstance(train_data, tuple) and dev.type != "cpu":
         train_data = tuple(t.to(dev) for t in train_data)
         val_data = None if val_data is None else tuple(t.to(dev) for t in val_data)
-    train_cfg = dataclasses.replace(config.train, seed=seed)
+    train_cfg = dataclasses.replace(config.train_for(num_train), seed=seed)
     ckpt = _checkpoint(checkpoint_dir, model, config, sims, seed, fraction, summary)
     t0 = time.perf_counter()
     history = train(model, _loss, train_data, val_data, train_cfg, device=dev, checkpoint_path=ckpt,
                     show_progress=show_progress)
     seconds = time.perf_counter() - t0
-    num_train = train_data[0].shape[0] if isinstance(train_data, tuple) else len(train_data)
     num_val = 0 if val_data is None else (val_data[0].shape[0] if isinstance(val_data, tuple) else len(val_data))
     metadata = {"method": "cinn", "seed": seed, "sbi_inn_version": __version__, "device": str(dev),
-                "fit_config": config.to_dict(), "summary": model.summary_kind,
+                "fit_config": config.to_dict(), "train_config": train_cfg.to_dict(),
+                "flow_config": model.flow_config.to_dict(), "summary": model.summary_kind,
                 "data": {**sims["provenance"], "num_train": int(num_train), "num_val": int(num_val)},
                 "train_seconds": seconds, "epochs_run": len(history), "history": history}
     return Posterior(model, param_names=sims["param_names"], obs_shape=obs_shape, is_set_valued=is_set,

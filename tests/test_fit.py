@@ -13,6 +13,7 @@ import sbi_inn.train as train_module
 from sbi_inn.fit import FitConfig, fit_posterior
 from sbi_inn.flows import FlowConfig
 from sbi_inn.priors import BoxUniform
+from sbi_inn.train import TrainConfig
 from simulators import get_simulator
 
 TINY = {"flow": {"num_blocks": 2, "hidden": 16}, "summary_dim": 4, "summary_hidden": 16,
@@ -101,13 +102,23 @@ def test_unknown_config_key_method_and_summary():
 
 def test_partial_train_dict_overrides_the_fit_defaults():
     """``{"train": {"patience": 40}}`` changes the patience only: the automatic batch size and the 150-epoch
-    schedule of ``DEFAULT_TRAIN`` stay (TrainConfig's class defaults are 256 and 200)."""
-    from sbi_inn.fit import DEFAULT_TRAIN
+    schedule of ``default_train(n)`` stay (TrainConfig's class defaults are 256 and 200), for small and large
+    budgets alike; a TrainConfig is taken as given."""
+    from sbi_inn.fit import DEFAULT_TRAIN, SMALL_DATA_ROWS, SMALL_DATA_TRAIN, default_train
 
     cfg = FitConfig.from_dict({"train": {"patience": 40}})
-    assert cfg.train == dataclasses.replace(DEFAULT_TRAIN, patience=40)
-    assert cfg.train.batch_size is None and cfg.train.epochs == 150
+    assert cfg.train_for(10_000) == dataclasses.replace(DEFAULT_TRAIN, patience=40)
+    assert cfg.train_for(900) == dataclasses.replace(SMALL_DATA_TRAIN, patience=40)
+    assert cfg.train_for(900).batch_size is None and cfg.train_for(900).epochs == 150
     assert FitConfig.from_dict(cfg.to_dict()) == cfg
+    assert default_train(SMALL_DATA_ROWS - 1) == SMALL_DATA_TRAIN and default_train(SMALL_DATA_ROWS) == DEFAULT_TRAIN
+    assert SMALL_DATA_TRAIN.lr == 2 * DEFAULT_TRAIN.lr and SMALL_DATA_TRAIN.patience < DEFAULT_TRAIN.patience
+    given = TrainConfig(epochs=3)
+    assert FitConfig(train=given).train_for(900) is given
+    with pytest.raises(TypeError, match="unknown key"):
+        FitConfig(train={"patiense": 3})
+    with pytest.raises(TypeError, match="train"):
+        FitConfig(train=[1])
     with pytest.raises(ValueError, match="method"):
         tiny_fit(method="nle")
     with pytest.raises(ValueError, match="summary"):
@@ -131,17 +142,23 @@ def test_list_of_1d_priors_and_one_parameter_problem():
 def test_default_flow_follows_the_parameter_count():
     """FitConfig(flow=None) builds 4 coupling blocks for two parameters and 8 otherwise (``default_flow``); an
     explicit flow is kept as given."""
-    from sbi_inn.fit import default_flow
+    from sbi_inn.fit import SMALL_DATA_DROPOUT, SMALL_DATA_ROWS, default_flow
 
     assert FitConfig().flow is None
     assert [default_flow(d).num_blocks for d in (1, 2, 3, 6)] == [8, 4, 8, 8]
+    # small simulation budgets get subnet dropout, large ones none
+    assert default_flow(4, SMALL_DATA_ROWS - 1).dropout == SMALL_DATA_DROPOUT > 0
+    assert default_flow(4, SMALL_DATA_ROWS).dropout == 0.0 == default_flow(4).dropout
     cfg = {k: v for k, v in TINY.items() if k != "flow"}
     two = tiny_fit(config=cfg)
     four = tiny_fit(prior=BoxUniform(torch.zeros(4), torch.ones(4)), config=cfg)
-    assert two.model.flow_config == default_flow(2) and four.model.flow_config == default_flow(4)
-    # a dict overrides fields of default_flow(D); a FlowConfig is taken as given
-    small = tiny_fit(config={**cfg, "flow": {"dropout": 0.1}})
-    assert small.model.flow_config == FlowConfig(**{**default_flow(2).to_dict(), "dropout": 0.1})
+    n = two.metadata["data"]["num_train"]
+    assert n < SMALL_DATA_ROWS and two.model.flow_config == default_flow(2, n)
+    assert four.model.flow_config == default_flow(4, n) and four.model.flow_config.dropout == SMALL_DATA_DROPOUT
+    assert two.metadata["flow_config"] == default_flow(2, n).to_dict()
+    # a dict overrides fields of default_flow(D, n); a FlowConfig is taken as given
+    small = tiny_fit(config={**cfg, "flow": {"dropout": 0.0}})
+    assert small.model.flow_config == FlowConfig(**{**default_flow(2).to_dict(), "dropout": 0.0})
     assert tiny_fit().model.flow_config.num_blocks == 2
     given = FlowConfig(num_blocks=3, hidden=8)
     assert tiny_fit(config=FitConfig(flow=given, train=TINY["train"])).model.flow_config == given
