@@ -96,12 +96,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def iterate_batches(data, batch_size: int, generator: torch.Generator, *, shuffle: bool = True,
                     num_workers: int = 0) -> Iterable[tuple[Tensor, ...]]:
-    """Minibatches from a tuple of equally long tensors (fast slicing) or from a torch ``Dataset``."""
+    """Minibatches from a tuple of equally long tensors (fast slicing) or from a torch ``Dataset``.
+
+    Tensors are cut into :func:`num_batches` batches of equal size (to one row): the remainder of ``n / batch_size``
+    is spread over the batches instead of forming a short last batch, which costs a whole step for a few rows and
+    gives a noisy gradient (1000 simulations: 8 steps of 112-113 rows instead of 8 of 112 and one of 4).
+    """
     if isinstance(data, (tuple, list)):
         n = data[0].shape[0]
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for idx in torch.tensor_split(order, num_batches(n, batch_size)):
             yield tuple(t[idx.to(t.device)] for t in data)
     elif isinstance(data, Dataset):
         loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
@@ -110,6 +114,11 @@ def iterate_batches(data, batch_size: int, generator: torch.Generator, *, shuffl
             yield tuple(batch)
     else:
         raise TypeError(f"training data must be a tuple of tensors or a torch Dataset, got {type(data).__name__}")
+
+
+def num_batches(num_rows: int, batch_size: int) -> int:
+    """Batches per epoch over ``num_rows`` tensor rows: ``num_rows // batch_size``, at least 1."""
+    return max(1, num_rows // batch_size)
 
 
 def _num_rows(data) -> int:

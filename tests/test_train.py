@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sbi_inn.train import TrainConfig, clip_grad_norm, train
+from sbi_inn.train import TrainConfig, clip_grad_norm, iterate_batches, train
 
 
 def _data():
@@ -207,3 +207,13 @@ def test_clip_grad_norm_reports_non_finite_without_scaling():
     p.grad = torch.tensor([1.0, float("nan"), 2.0])
     assert clip_grad_norm([p], 1.0) != clip_grad_norm([p], 1.0)  # NaN
     assert p.grad[0] == 1.0 and p.grad[2] == 2.0
+
+
+def test_batches_spread_the_remainder_and_cover_every_row_once():
+    x = torch.arange(900.0)[:, None]
+    batches = list(iterate_batches((x, 2 * x), 112, torch.Generator().manual_seed(0)))
+    assert [len(b[0]) for b in batches] == [113] * 4 + [112] * 4  # no short last batch of 4 rows
+    rows = torch.cat([b[0] for b in batches])[:, 0]
+    assert torch.equal(rows.sort().values, x[:, 0])  # a permutation: every row exactly once
+    assert all(torch.equal(b[1], 2 * b[0]) for b in batches)  # columns stay aligned
+    assert [len(b[0]) for b in iterate_batches((x[:50],), 112, torch.Generator(), shuffle=False)] == [50]
