@@ -31,3 +31,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64_default():
+    """Build models under float64 as the default dtype: FrEIA inverts the fixed mixing matrices in the default
+    dtype when a block is built, and a float32 inverse (whose rounding depends on the CPU's LAPACK) limits an
+    invertibility test to ~1e-4 on deep random flows. Restored afterwards."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
