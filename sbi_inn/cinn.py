@@ -332,10 +332,10 @@ class ConditionalINN(nn.Module):
         return x.reshape(n, B, self.param_dim)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def loss(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
-        """Conditional maximum-likelihood loss (eq. 3.8) per parameter dimension, ``(loss, parts)``.
+    def nll_rows(self, batch: tuple[Tensor, ...]) -> Tensor:
+        """Conditional negative log-likelihood (eq. 3.8) per parameter dimension of each row, ``(N,)``.
 
-        ``batch`` is ``(x, y)``, ``(x, y, sizes)`` or ``(x, y, mask)`` (as ``HDF5Dataset`` yields). The loss is
+        ``batch`` is ``(x, y)``, ``(x, y, sizes)`` or ``(x, y, mask)`` (as ``HDF5Dataset`` yields). Each value is
         ``-log q(v | y) / D`` in the standardised unconstrained space ``v`` (the standardisation and support
         Jacobians do not depend on the weights).
         """
@@ -346,7 +346,11 @@ class ConditionalINN(nn.Module):
         c = self.condition(y, sizes)
         v = self.x_standardize(self.support.inverse(x))
         z, logdet = self.flow(v, c)
-        nll = -(standard_normal_log_prob(z) + logdet).mean() / self.param_dim
+        return -(standard_normal_log_prob(z) + logdet) / self.param_dim
+
+    def loss(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
+        """The training loss ``(mean of nll_rows(batch), parts)``."""
+        nll = self.nll_rows(batch).mean()
         return nll, {"nll_per_dim": float(nll.detach())}
 
     # -- configuration ----------------------------------------------------------------------------------------

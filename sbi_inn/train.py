@@ -41,6 +41,9 @@ class TrainConfig:
         patience: epochs without validation improvement before stopping (``None`` disables early stopping).
         min_delta: an improvement counts towards ``patience`` only if the loss falls more than this below the last
             one that counted (the best weights are still kept whatever the margin); 0 counts every improvement.
+        val_trim: fraction of validation rows with the largest losses left out of the validation loss (at least
+            one row when positive; see :func:`trimmed_mean`), so that a few rows the model extrapolates to cannot
+            steer early stopping. Needs a validation loss that returns one value per row; 0 averages everything.
         max_time: wall-clock budget in seconds (``None``: no limit); training stops after the epoch that passes it.
         num_workers: DataLoader workers for datasets streamed from disk.
         seed: seeds shuffling and the noise drawn by losses.
@@ -54,6 +57,7 @@ class TrainConfig:
     grad_clip: float | None = 8.0
     patience: int | None = 20
     min_delta: float = 0.0
+    val_trim: float = 0.0
     max_time: float | None = None
     num_workers: int = 0
     seed: int = 0
@@ -67,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: grad_clip must be positive or None, got {self.grad_clip}")
         if not self.min_delta >= 0:
             raise ValueError(f"TrainConfig: min_delta must be >= 0, got {self.min_delta}")
+        if not 0 <= self.val_trim < 0.5:
+            raise ValueError(f"TrainConfig: val_trim must be in [0, 0.5), got {self.val_trim}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
 
@@ -138,7 +144,9 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
             on the fly); it must be deterministic in ``epoch`` so that resumed runs see the same data.
         config: optimisation settings.
         checkpoint_path: where to write the checkpoint after every epoch; an existing checkpoint is resumed.
-        val_loss_fn: loss used on validation data (defaults to ``loss_fn``).
+        val_loss_fn: loss used on validation data (defaults to ``loss_fn``); it may return one loss per row
+            ``(n,)`` instead of a scalar, which the validation loss then averages over all rows (``config.val_trim``
+            of them left out).
 
     Returns:
         A list of per-epoch records: ``epoch``, ``train_loss``, ``val_loss``, ``lr``, ``seconds``,
@@ -272,18 +280,42 @@ def _run_epoch(model, loss_fn, data, optimizer, config, device, gen) -> dict:
     return record
 
 
+def trimmed_mean(values: Tensor, trim: float) -> float:
+    """Mean of ``values`` ``(n,)`` without the ``k = min(n - 1, ceil(trim * n))`` largest (NaN counts as largest).
+
+    A robust estimate of an expected loss whose per-row values are heavy-tailed: on the inverse-kinematics benchmark
+    (10 000 simulations) one validation row, a prior-tail parameter where the flow extrapolates, reached an NLL of
+    1e9 while the other 999 rows improved every epoch, and its growth stopped training at epoch 29 with the weights of
+    epoch 8 (C2ST 0.85 against 0.59 with 1 % trimmed). Any non-finite value left after trimming gives ``inf``.
+    """
+    n = values.numel()
+    k = min(n - 1, math.ceil(trim * n)) if trim > 0 else 0
+    kept = torch.nan_to_num(values.double(), nan=math.inf, posinf=math.inf).sort().values[: n - k]
+    mean = float(kept.mean()) if n else math.inf
+    return mean if math.isfinite(mean) else math.inf
+
+
 @torch.no_grad()
 def _evaluate(model, loss_fn, data, config, device, gen) -> float:
+    """Validation loss: the row-weighted mean of scalar batch losses (non-finite batches skipped), or the trimmed
+    mean (``config.val_trim``) over all rows when ``loss_fn`` returns one loss per row."""
     model.eval()
-    total, count = 0.0, 0
+    total, count, rows = 0.0, 0, []
     for batch in iterate_batches(data, max(config.batch_size, 1024), gen, shuffle=False,
                                  num_workers=config.num_workers):
         batch = tuple(t.to(device) for t in batch)
         loss, _ = loss_fn(model, batch)
-        if torch.isfinite(loss):
+        if loss.ndim == 1:
+            rows.append(loss.detach().cpu())
+        elif config.val_trim > 0:
+            raise ValueError("TrainConfig.val_trim needs a validation loss with one value per row; this model's "
+                             "validation loss is a batch statistic (set val_trim=0)")
+        elif torch.isfinite(loss):
             total += float(loss) * batch[0].shape[0]
             count += batch[0].shape[0]
     model.train()
+    if rows:
+        return trimmed_mean(torch.cat(rows), config.val_trim)
     return total / count if count else math.inf
 
 

@@ -179,6 +179,8 @@ def test_loss_is_per_dimension_nll(gen):
     logq_v = model.log_prob_given(x, c) - model.x_standardize.log_abs_det()  # unbounded: u = x
     torch.testing.assert_close(loss, -logq_v.mean() / 2, rtol=1e-5, atol=1e-5)
     assert parts["nll_per_dim"] == pytest.approx(loss.item())
+    # the per-row values that the trimmed validation loss averages
+    torch.testing.assert_close(model.nll_rows((x, y)), -logq_v / 2, rtol=1e-5, atol=1e-5)
 
 
 def test_set_valued_loss_accepts_sizes_or_mask(gen):

@@ -100,6 +100,25 @@ def test_unknown_config_key_method_and_summary():
         FitConfig.from_dict({"train": {"learning_rate": 1e-3}})
 
 
+def test_early_stopping_monitors_the_trimmed_validation_nll():
+    """fit_posterior's validation loss is the per-row NLL without the worst rows (``val_trim`` of DEFAULT_TRAIN):
+    the returned model holds the best epoch's weights, so the smallest recorded validation loss is that statistic
+    of the returned model on the validation rows; the untrimmed mean differs."""
+    from sbi_inn.fit import DEFAULT_TRAIN, FitConfig, _simulate_memory, _split
+    from sbi_inn.train import trimmed_mean
+
+    assert DEFAULT_TRAIN.val_trim == 0.01
+    post = tiny_fit(n=400, seed=2)
+    sims = _simulate_memory(noisy_identity, BOX, 400, FitConfig(), 2, False)
+    _, val = _split(sims, 0.1, 2)
+    with torch.no_grad():
+        rows = post.model.eval().nll_rows(val)  # eval: the small-data flow has dropout
+    assert rows.shape == (40,)
+    best = min(h["val_loss"] for h in post.history)
+    assert best == pytest.approx(trimmed_mean(rows, 0.01), abs=1e-5)
+    assert best != pytest.approx(float(rows.mean()), abs=1e-5)
+
+
 def test_partial_train_dict_overrides_the_fit_defaults():
     """``{"train": {"patience": 40}}`` changes the patience only: the automatic batch size and the 150-epoch
     schedule of ``default_train(n)`` stay (TrainConfig's class defaults are 256 and 200), for small and large

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sbi_inn.train import TrainConfig, clip_grad_norm, iterate_batches, train
+from sbi_inn.train import TrainConfig, clip_grad_norm, iterate_batches, train, trimmed_mean
 
 
 def _data():
@@ -217,3 +217,47 @@ def test_batches_spread_the_remainder_and_cover_every_row_once():
     assert torch.equal(rows.sort().values, x[:, 0])  # a permutation: every row exactly once
     assert all(torch.equal(b[1], 2 * b[0]) for b in batches)  # columns stay aligned
     assert [len(b[0]) for b in iterate_batches((x[:50],), 112, torch.Generator(), shuffle=False)] == [50]
+
+
+def test_trimmed_mean_leaves_out_the_largest_values():
+    v = torch.tensor([3.0, 1.0, 1e9, 2.0])
+    assert trimmed_mean(v, 0.0) == pytest.approx((6.0 + 1e9) / 4)
+    assert trimmed_mean(v, 0.01) == pytest.approx(2.0)  # ceil(0.04) = 1 row left out: the largest
+    assert trimmed_mean(v, 0.3) == pytest.approx(1.5)  # ceil(1.2) = 2 rows
+    assert trimmed_mean(torch.tensor([float("nan"), 1.0, 3.0]), 0.1) == pytest.approx(2.0)  # NaN counts as largest
+    assert trimmed_mean(torch.tensor([float("inf"), float("nan"), 1.0]), 0.1) == float("inf")  # one left after cut
+    assert trimmed_mean(torch.tensor([5.0]), 0.4) == pytest.approx(5.0)  # never all rows
+    with pytest.raises(ValueError, match="val_trim"):
+        TrainConfig(val_trim=0.5)
+
+
+def test_per_row_validation_loss_is_trimmed_so_one_outlier_cannot_stop_training():
+    """A per-row validation loss whose one row grows 100x every epoch while the others fall: with val_trim the
+    validation loss follows the other rows and training runs all epochs; without it, patience 2 stops early. The
+    recorded value is the mean of the kept rows, over all validation batches (1024 rows each)."""
+    tr, _ = _data()
+    gen = torch.Generator().manual_seed(3)
+    va = (torch.randn(2500, 3, generator=gen), torch.randn(2500, 1, generator=gen))
+    epoch = {"n": -1, "rows": 0, "batches": 0}
+
+    def val_rows(model, batch):
+        first = epoch["rows"] == 0  # the epoch's first validation batch holds the outlier row
+        epoch["n"] += first
+        epoch["batches"] += 1
+        epoch["rows"] = (epoch["rows"] + batch[0].shape[0]) % 2500
+        losses = torch.full((batch[0].shape[0],), 1.0 - 0.1 * epoch["n"])
+        if first:
+            losses[0] = 100.0 ** epoch["n"]
+        return losses, {}
+
+    cfg = replace(CFG, epochs=6, patience=2)
+    hist = train(_model(), _loss, tr, va, replace(cfg, val_trim=1e-4), device=CPU, show_progress=False,
+                 val_loss_fn=val_rows)
+    assert [h["val_loss"] for h in hist] == pytest.approx([1.0 - 0.1 * e for e in range(6)])
+    assert epoch["batches"] == 12  # two validation batches per epoch
+    epoch.update(n=-1, rows=0)
+    hist = train(_model(), _loss, tr, va, cfg, device=CPU, show_progress=False, val_loss_fn=val_rows)
+    assert len(hist) == 4  # the untrimmed mean grows after epoch 1: patience 2 stops after epoch 3
+    assert hist[2]["val_loss"] == pytest.approx((2499 * 0.8 + 1e4) / 2500)
+    with pytest.raises(ValueError, match="val_trim"):  # a scalar validation loss cannot be trimmed
+        train(_model(), _loss, tr, va, replace(cfg, val_trim=0.01), device=CPU, show_progress=False)
