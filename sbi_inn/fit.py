@@ -641,10 +641,12 @@ def _fit_inn(sims, config, dev, seed, fraction, show_progress, checkpoint_dir) -
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         ckpt = Path(checkpoint_dir) / "checkpoint_inn.pt"
+    prior = sims.get("prior")
+    prior_log_prob = None if prior is None else (lambda x: prior.log_prob(x.cpu()).to(x.device))  # INNConfig.w_kl
     posterior = fit_inn(train_data[0], train_data[1], None if val_data is None else val_data[0],
                         None if val_data is None else val_data[1], prior_bounds=(lo, hi),
                         param_names=sims["param_names"], config=config, device=dev, seed=seed,
-                        show_progress=show_progress, checkpoint_path=ckpt)
+                        show_progress=show_progress, checkpoint_path=ckpt, prior_log_prob=prior_log_prob)
     posterior.metadata.update(_jsonable({"seed": seed, "data": sims["provenance"]}))
     return posterior
 

@@ -16,7 +16,9 @@ Training (thesis 4.1.2-4.1.3, one optimizer step on the sum of all terms, forwar
 - ``L_x = MMD(g_x(y, z), x)``: backward samples for the batch's ``y`` and fresh ``z`` against the batch's ``x``;
 - ``L_pad``: squared loss pulling the y-padding outputs and the x-padding of backward samples to zero;
 - ``L_rec = E ||g_x(f_y(x), f_z(x), noise) - x||^2``: an inverse pass with fresh noise in the y-padding, so the
-  padding carries no information.
+  padding carries no information;
+- optionally (ours, ``w_kl > 0``) ``L_kl``, the reverse KL divergence between the backward marginal ``q(x)`` and the
+  prior, exact by the change of variables (:func:`inn_losses`); it needs the prior's density and no x-padding.
 
 All distances live in the standardised space: ``x`` is mapped to an unconstrained space with the prior's support
 transform (so samples always lie inside the support) and standardised, ``y`` is standardised. During training the
@@ -162,6 +164,12 @@ class INNConfig:
             (standardised unconstrained units) by a squared hinge. ``L_x``, an MMD, barely sees the rare latent
             tails, which can map far outside the prior, where ``f_y`` was never trained against the simulator.
         support_radius, support_latent_scale: the hinge radius and the latent over-dispersion of ``L_support``.
+        w_kl: weight of ``L_kl`` (ours, not in the thesis; 0 disables it), the reverse KL divergence
+            ``KL(q(x) || p(x))`` between the marginal of the backward samples ``x^ = g(y, z)`` (``y`` from the data,
+            ``z ~ N(0, I)``) and the prior, in nats (see :func:`inn_losses`). Where ``L_x`` (an MMD) barely feels a
+            few samples far outside the prior, ``L_kl`` charges each its prior log-density. Needs the prior's
+            log-density (``fit_inn(prior_log_prob=...)``; ``fit_posterior`` passes ``prior.log_prob``) and no
+            x-padding (``N = D``, e.g. a deterministic simulator with ``K = D - M``).
         flow: the coupling-flow architecture (default: thesis B.5.2 with a soft clamp of 1, stable at lr 3e-3).
         train: optimisation settings (Adam, decaying learning rate, clipping; ``sbi_inn.train``).
 
@@ -193,6 +201,7 @@ class INNConfig:
     y_loss: str = "mse"
     label_smoothing: float = 0.05
     w_support: float = 0.0
+    w_kl: float = 0.0
     support_radius: float = 3.5
     support_latent_scale: float = 1.5
     flow: FlowConfig | dict = field(default_factory=lambda: DEFAULT_INN_FLOW)
@@ -202,7 +211,7 @@ class INNConfig:
         object.__setattr__(self, "widths", tuple(float(h) for h in self.widths))
         if self.widths_x is not None:
             object.__setattr__(self, "widths_x", tuple(float(h) for h in self.widths_x))
-        for name in ("w_y", "w_z", "w_x", "w_pad", "w_rec", "y_noise", "pad_noise", "w_support"):
+        for name in ("w_y", "w_z", "w_x", "w_pad", "w_rec", "y_noise", "pad_noise", "w_support", "w_kl"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"INNConfig: {name} must be >= 0, got {getattr(self, name)}")
         for kernel in (self.kernel, self.kernel_x):
@@ -351,6 +360,17 @@ class BidirectionalINN(nn.Module):
         """Standardised unconstrained coordinates ``(n, D)`` -> parameters inside the support ``(n, D)``."""
         return self.support(self.x_norm.inverse(u))
 
+    def prior_log_prob_internal(self, v: Tensor, prior_log_prob: Callable[[Tensor], Tensor]) -> Tensor:
+        """Log-density ``(n,)`` at internal coordinates ``v`` ``(n, D)`` of a prior whose log-density on ``x`` is
+        ``prior_log_prob``: ``log p(x) + log|dx/du| + log|du/dv|`` with ``u = x_norm^-1(v)``, ``x = T(u)``.
+
+        ``x`` is evaluated strictly inside a bounded support: a saturated logit (``|u| > 17`` in float32) rounds onto
+        the bound, where e.g. ``torch.distributions.Uniform`` has no density (or refuses the value)."""
+        u = self.x_norm.inverse(v)
+        lo, hi = self.support.lo, self.support.hi
+        x = torch.minimum(torch.maximum(self.support(u), torch.nextafter(lo, hi)), torch.nextafter(hi, lo))
+        return prior_log_prob(x) + self.support.log_abs_det(u) - self.x_norm.log_abs_det()
+
     def pad_x(self, u: Tensor, noise: float = 0.0) -> Tensor:
         """``[u, pad]`` of width ``N`` (pad: zeros, or Gaussian noise of std ``noise``)."""
         return torch.cat([u, noise * torch.randn(u.shape[0], self.N - self.D, device=u.device, dtype=u.dtype)], 1)
@@ -419,16 +439,27 @@ class BidirectionalINN(nn.Module):
             "method) or method='cinn', which has an exact density.")
 
 
-def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig) -> dict[str, Tensor]:
+def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig,
+               prior_log_prob: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """The unweighted loss terms of thesis 4.1.2 for a batch ``x (B, D)``, ``y (B, M)`` (see module docstring).
+
+    ``L_kl`` (``config.w_kl > 0``, ``prior_log_prob`` maps parameters ``(n, D)`` to the prior's log-density
+    ``(n,)``): the backward samples ``v^ = g(y, z, pad)`` of the ``L_x`` pass have the density
+    ``q(v^) = p_in(y, z, pad) |det J_g|^-1`` (change of variables, no x-padding), and ``p_in`` does not depend on the
+    weights because its inputs are drawn, not generated, so
+
+        KL(q || p) = E[-log|det J_g(y, z, pad)| - log p(v^)] + const,
+
+    with ``p`` the prior in the internal coordinates (:meth:`BidirectionalINN.prior_log_prob_internal`); ``L_kl`` is
+    that expectation over the batch.
 
     With ``model.y_loss == "ce"`` the observations enter every pass as :meth:`BidirectionalINN.encode_y` (the
     centred log of the smoothed labels, standardised) and ``L_y`` is :func:`label_loss` on the logits
     ``model.logits(f_y(x))``; the forward optimum is then the same value the backward passes are fed.
 
     Returns:
-        dict with scalar tensors ``y``, ``z``, ``x``, ``pad``, ``rec`` and ``support`` (zero where a term does not
-        apply; ``support`` is only computed when ``config.w_support > 0``).
+        dict with scalar tensors ``y``, ``z``, ``x``, ``pad``, ``rec``, ``support`` and ``kl`` (zero where a term
+        does not apply; ``support`` and ``kl`` are only computed when their weight is positive).
     """
     if (config.y_loss, config.label_smoothing) != (model.y_loss, model.label_smoothing) and (
             config.y_loss == "ce" or model.y_loss == "ce"):
@@ -456,8 +487,12 @@ def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig)
 
     # backward pass: L_x on backward samples for the batch's y; their x-padding kept at zero
     zb = torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
-    xb = model.inverse(model.join_yz(ys, zb, config.pad_noise))[0]
+    xb, logdet_b = model.inverse(model.join_yz(ys, zb, config.pad_noise))
     l_x = mmd(xb[:, :D], u, kernel=kernel_x, widths=widths_x)
+    l_kl = zero
+    if config.w_kl > 0:
+        _check_kl(model, prior_log_prob)
+        l_kl = -(logdet_b + model.prior_log_prob_internal(xb, prior_log_prob)).mean()
     if N > D:
         l_pad = l_pad + (xb[:, D:] ** 2).sum(-1).mean()
 
@@ -475,11 +510,22 @@ def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig)
         zt = config.support_latent_scale * torch.randn(nt, K, device=u.device, dtype=u.dtype)
         xt = model.inverse(model.join_yz(ys[:nt], zt, config.pad_noise))[0][:, :D]
         l_support = torch.relu(xt.abs() - config.support_radius).square().sum(-1).mean()
-    return {"y": l_y, "z": l_z, "x": l_x, "pad": l_pad, "rec": l_rec, "support": l_support}
+    return {"y": l_y, "z": l_z, "x": l_x, "pad": l_pad, "rec": l_rec, "support": l_support, "kl": l_kl}
 
 
-def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True):
-    """``loss_fn(model, (x, y)) -> (loss, parts)`` for ``sbi_inn.train.train``; the weighted sum of all terms.
+def _check_kl(model: BidirectionalINN, prior_log_prob) -> None:
+    if prior_log_prob is None or not callable(prior_log_prob):
+        raise ValueError("INNConfig.w_kl > 0 needs the prior's log-density: fit_inn(..., prior_log_prob="
+                         "prior.log_prob)")
+    if model.N != model.D:
+        raise ValueError(f"INNConfig.w_kl > 0 needs an INN without x-padding (nominal_dim = D = {model.D}), got "
+                         f"nominal_dim {model.N}: the backward samples then have no density on the parameters alone")
+
+
+def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True,
+                 prior_log_prob: Callable[[Tensor], Tensor] | None = None):
+    """``loss_fn(model, (x, y)) -> (loss, parts)`` for ``sbi_inn.train.train``; the weighted sum of all terms
+    (``prior_log_prob`` is passed to :func:`inn_losses` for ``L_kl``).
 
     With ``ramp`` the ``L_x`` weight follows ``config.x_ramp_epochs`` (counted by ``model.train_steps``, which the
     loss advances on every training-mode call with gradients enabled); without it the full ``w_x`` is used.
@@ -487,14 +533,15 @@ def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True):
 
     def loss_fn(model: BidirectionalINN, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
         x, y = batch[0], batch[1]
-        terms = inn_losses(model, x, y, config)
+        terms = inn_losses(model, x, y, config, prior_log_prob)
         w_x = config.w_x
         if ramp and config.x_ramp_epochs > 0:
             w_x *= min(1.0, float(model.train_steps) / (config.x_ramp_epochs * steps_per_epoch))
         if model.training and torch.is_grad_enabled():
             model.train_steps += 1
         loss = (config.w_y * terms["y"] + config.w_z * terms["z"] + w_x * terms["x"]
-                + config.w_pad * terms["pad"] + config.w_rec * terms["rec"] + config.w_support * terms["support"])
+                + config.w_pad * terms["pad"] + config.w_rec * terms["rec"] + config.w_support * terms["support"]
+                + config.w_kl * terms["kl"])
         return loss, {f"L_{k}": float(v.detach()) for k, v in terms.items()}
 
     return loss_fn
@@ -515,7 +562,8 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
             prior_bounds: tuple[Tensor, Tensor] | None = None, param_names: Sequence[str] | None = None,
             config: INNConfig | dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
             show_progress: bool = True, checkpoint_path=None,
-            resample: Callable[[int], tuple[Tensor, Tensor]] | None = None) -> Posterior:
+            resample: Callable[[int], tuple[Tensor, Tensor]] | None = None,
+            prior_log_prob: Callable[[Tensor], Tensor] | None = None) -> Posterior:
     """Train a bidirectional INN on simulated pairs and return it as a :class:`~sbi_inn.posterior.Posterior`.
 
     Args:
@@ -532,6 +580,8 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
         resample: train from the simulator directly: ``resample(epoch) -> (x, y)`` gives fresh pairs for every
             epoch (e.g. :func:`simulation_stream`), deterministic in ``epoch``; ``x_train, y_train`` then only fit
             the standardisation (pass ``resample(0)``).
+        prior_log_prob: the prior's log-density, parameters ``(n, D)`` -> ``(n,)`` (e.g. ``prior.log_prob``);
+            needed by ``config.w_kl > 0``, unused otherwise.
 
     Returns:
         The trained posterior; ``metadata`` holds the config, data sizes and the per-epoch history.
@@ -550,6 +600,8 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
     D, M = x_train.shape[1], y_train.shape[1]
     names = list(param_names) if param_names is not None else [f"x{i}" for i in range(D)]
     model = build_inn(D, M, config, prior_bounds=prior_bounds, seed=seed)
+    if config.w_kl > 0:
+        _check_kl(model, prior_log_prob)
     model.fit_normalization(x_train, y_train)
     model.to(device)
     val = None
@@ -564,9 +616,9 @@ def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val
             x, y = resample(epoch)
             return (torch.as_tensor(x, dtype=torch.float32).to(device),
                     torch.as_tensor(y, dtype=torch.float32).to(device))
-    history = train(model, make_loss_fn(config, steps), train_data, val, config.train,
-                    device=device, checkpoint_path=checkpoint_path, show_progress=show_progress,
-                    val_loss_fn=make_loss_fn(config, steps, ramp=False))
+    history = train(model, make_loss_fn(config, steps, prior_log_prob=prior_log_prob), train_data, val,
+                    config.train, device=device, checkpoint_path=checkpoint_path, show_progress=show_progress,
+                    val_loss_fn=make_loss_fn(config, steps, ramp=False, prior_log_prob=prior_log_prob))
     metadata = {"method": "inn", "config": config.to_dict(), "num_train": int(x_train.shape[0]),
                 "fresh_simulations_per_epoch": resample is not None,
                 "num_val": 0 if val is None else int(val[0].shape[0]), "history": history}
@@ -610,7 +662,8 @@ def simulation_stream(simulate: Callable[..., Tensor], sample_prior: Callable[..
     return draw
 
 
-def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, overhead: float = 1.1) -> int:
+def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, overhead: float = 1.1,
+                prior_log_prob: Callable[[Tensor], Tensor] | None = None) -> int:
     """Epochs of ``config.train.batch_size`` steps over ``x`` ``(N, D)``, ``y`` ``(N, M)`` that fit in ``budget_s``.
 
     Times ten optimisation steps (after two warm-up steps) of a fresh model and scales by ``overhead`` for
@@ -618,7 +671,7 @@ def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, ove
     run cut short by ``max_time`` would never reach ``lr_final``.
     """
     model = build_inn(x.shape[1], y.shape[1], config).fit_normalization(x, y)
-    loss_fn = make_loss_fn(config, 1)
+    loss_fn = make_loss_fn(config, 1, prior_log_prob=prior_log_prob)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     bs = batch_size_for(config.train, len(x))
     for i in range(12):

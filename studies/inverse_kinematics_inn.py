@@ -142,6 +142,9 @@ def main(argv=None) -> dict:
                         help="L_support hinge radius in standardised units")
     parser.add_argument("--support-scale", type=float, default=CONFIG.support_latent_scale,
                         help="L_support latent over-dispersion")
+    parser.add_argument("--w-kl", type=float, default=CONFIG.w_kl,
+                        help="weight of L_kl, the reverse KL divergence between the backward samples' marginal and "
+                             "the prior (INNConfig.w_kl; 0 disables)")
     parser.add_argument("--activation", default=CONFIG.flow.activation, help="subnet nonlinearity (flows.ACTIVATIONS)")
     parser.add_argument("--blocks", type=int, default=CONFIG.flow.num_blocks, help="affine coupling blocks")
     parser.add_argument("--hidden", type=int, default=CONFIG.flow.hidden, help="subnet width")
@@ -183,14 +186,14 @@ def main(argv=None) -> dict:
     flow = {**CONFIG.flow.to_dict(), "activation": args.activation, "num_blocks": args.blocks, "hidden": args.hidden}
     config = INNConfig.from_dict({**CONFIG.to_dict(), "w_y": args.w_y, "flow": flow, "widths_x": args.widths_x,
                                   "w_support": args.w_support, "support_radius": args.support_radius,
-                                  "support_latent_scale": args.support_scale})
-    epochs = plan_epochs(config, x, y, budget, overhead=1.05)
+                                  "support_latent_scale": args.support_scale, "w_kl": args.w_kl})
+    epochs = plan_epochs(config, x, y, budget, overhead=1.05, prior_log_prob=sim.prior.log_prob)
     train = {**CONFIG.train.to_dict(), "epochs": epochs, "max_time": 1.1 * budget}
     config = INNConfig.from_dict({**config.to_dict(), "train": train})
     print(f"training: {epochs} epochs of {args.num_train} simulations in about {args.budget_minutes:g} min")
     t0 = time.perf_counter()
     post = fit_inn(x, y, x_val, y_val, param_names=sim.param_names, config=config, seed=args.seed,
-                   show_progress=not args.quick, resample=stream)
+                   show_progress=not args.quick, resample=stream, prior_log_prob=sim.prior.log_prob)
     train_seconds = time.perf_counter() - t0
     if args.save_model:
         post.save(out / "inverse_kinematics_inn.sbi")

@@ -287,6 +287,11 @@ def test_inn_dispatch():
     assert post.sample((7,), torch.tensor([0.5, 0.5]), seed=0).shape == (7, 2)
     with pytest.raises(ValueError, match="cinn"):
         tiny_fit(method="inn", summary="mlp", config=cfg)
+    # L_kl gets the prior's log-density from fit_posterior (a box: evaluated inside it, so every step is finite)
+    kl = {**cfg, "deterministic": True, "w_kl": 1.0}
+    post = tiny_fit(simulate=lambda x: x.sum(1, keepdim=True), method="inn", config=kl)
+    assert all(math.isfinite(h["L_kl"]) and h["L_kl"] != 0 and h["skipped_steps"] == 0
+               for h in post.metadata["history"])
 
 
 # -- short trainings on known answers -----------------------------------------------------------------------------
