@@ -35,6 +35,7 @@ from sbi_inn.data import call_simulator
 from sbi_inn.flows import FlowConfig
 from sbi_inn.posterior import Posterior, resolve_device
 from sbi_inn.priors import as_prior, describe_prior, support_bounds
+from sbi_inn.summary import POOLS
 from sbi_inn.train import TrainConfig, train
 
 METHODS = ("cinn", "inn")
@@ -73,6 +74,8 @@ class FitConfig:
         summary_hidden, summary_layers, summary_activation: width, hidden layers and nonlinearity of the summary
             network (for deep sets: of each of ``psi`` and ``rho``); ``summary_layers=None`` is 2 for the MLP and 1 for
             the deep set (``sbi_inn.cinn.ConditionalINN``).
+        summary_pool: the deep set's pool over set members, ``"mean_std"`` (mean and spread of the member features,
+            the default) or ``"mean"`` (thesis eq. 3.14 alone); see ``sbi_inn.summary.DeepSetSummary``.
         spline_bins: bins of the exact 1-D spline flow used for one-parameter problems.
         pilot_size: simulations run up front to check the simulator/prior pair.
         max_invalid_fraction: a pilot with a larger fraction of NaN/inf outputs is an error.
@@ -93,6 +96,7 @@ class FitConfig:
     summary_hidden: int = 128
     summary_layers: int | None = None
     summary_activation: str = "relu"
+    summary_pool: str = "mean_std"
     spline_bins: int = 8
     pilot_size: int = 64
     max_invalid_fraction: float = 0.5
@@ -112,6 +116,8 @@ class FitConfig:
             raise ValueError(f"FitConfig: summary_dim must be >= 1 or None, got {self.summary_dim}")
         if self.summary_hidden < 1 or (self.summary_layers or 0) < 0 or self.spline_bins < 2:
             raise ValueError("FitConfig: summary_hidden >= 1, summary_layers >= 0 and spline_bins >= 2 required")
+        if self.summary_pool not in POOLS:
+            raise ValueError(f"FitConfig: summary_pool must be one of {POOLS}, got {self.summary_pool!r}")
         if self.pilot_size < 1 or self.chunk_size < 1:
             raise ValueError("FitConfig: pilot_size and chunk_size must be >= 1")
         if not 0 <= self.max_invalid_fraction <= 1:
@@ -576,7 +582,8 @@ def _fit_cinn(sims, config: FitConfig, summary, dev, seed, fraction, show_progre
                                flow=config.flow_for(x0.shape[1], num_train), summary=summary,
                                summary_dim=config.summary_dim,
                                summary_hidden=config.summary_hidden, summary_layers=config.summary_layers,
-                               summary_activation=config.summary_activation, spline_bins=config.spline_bins)
+                               summary_activation=config.summary_activation, summary_pool=config.summary_pool,
+                               spline_bins=config.spline_bins)
     outside = ~model.support.contains(x0)
     if outside.any():
         raise ValueError(f"{int(outside.sum())} training parameters lie outside the prior's support "

@@ -98,6 +98,8 @@ def test_unknown_config_key_method_and_summary():
         FitConfig(learning_rate=1e-3)
     with pytest.raises(TypeError, match="FitConfig.train: unknown key"):
         FitConfig.from_dict({"train": {"learning_rate": 1e-3}})
+    with pytest.raises(ValueError, match="summary_pool"):
+        FitConfig(summary_pool="max")
 
 
 def test_early_stopping_monitors_the_trimmed_validation_nll():

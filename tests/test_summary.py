@@ -94,17 +94,53 @@ def test_custom_summary_module_is_used():
 
 
 @pytest.mark.parametrize("num_layers", [0, 1, 2])
-def test_deepset_equals_the_mean_pool_of_psi(num_layers, gen):
+@pytest.mark.parametrize("pool", ["mean", "mean_std"])
+def test_deepset_equals_the_pools_of_psi(num_layers, pool, gen):
     """The forward pass applies psi's last (affine) layer after pooling; it must equal
-    rho([mean_k psi(y_k), log K / log K_ref]) computed member by member, and an empty set pools to zero."""
+    rho([mean_k psi(y_k), std_k h(y_k), log K / log K_ref]) computed member by member (``h``: psi's last hidden layer,
+    the input itself without one; the std term only for ``pool="mean_std"``, with SPREAD_EPS under the root), and an
+    empty set pools to zero mean and zero spread."""
     torch.manual_seed(1)
-    net = DeepSetSummary(3, 5, hidden=16, num_layers=num_layers)
+    net = DeepSetSummary(3, 5, hidden=16, num_layers=num_layers, pool=pool)
     sizes = torch.tensor([6, 1, 0, 3])
     y = torch.randn(4, 6, 3, generator=gen)
     mask = torch.arange(6)[None, :] < sizes[:, None]
     rows = []
     for b, k in enumerate(sizes.tolist()):
-        pooled = net.psi(y[b, :k]).mean(0) if k else torch.zeros(16)
+        members = y[b, :k]
+        pooled = [net.psi(members).mean(0) if k else torch.zeros(16)]
+        if pool == "mean_std":
+            h = net.psi[:-1](members)
+            var = h.var(0, unbiased=False) if k else torch.zeros(16 if num_layers else 3)
+            pooled.append(torch.sqrt(var + net.SPREAD_EPS))
         size = torch.log(torch.tensor([max(k, 1.0)])) / net.LOG_K_REF
-        rows.append(net.rho(torch.cat([pooled, size])))
+        rows.append(net.rho(torch.cat([*pooled, size])))
     torch.testing.assert_close(net(y, mask), torch.stack(rows), rtol=1e-5, atol=1e-6)
+
+
+def test_spread_pool_sees_the_spread_and_one_member_sets_have_finite_gradients(gen):
+    torch.manual_seed(2)
+    net = DeepSetSummary(1, 4, hidden=16, num_layers=1)
+    assert net.pool == "mean_std"
+    base = torch.tensor([[-1.0], [0.0], [1.0]])
+    full = torch.ones(1, 3, dtype=torch.bool)
+    # same mean, same size, three times the spread: the spread pool tells them apart
+    assert not torch.allclose(net(base[None], full), net(3 * base[None], full), atol=1e-4)
+    one = torch.randn(2, 1, 1, generator=gen, requires_grad=True)
+    out = net(one, torch.ones(2, 1, dtype=torch.bool))
+    grads = torch.autograd.grad(out.sum(), [one, *net.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+    with pytest.raises(ValueError, match="pool"):
+        DeepSetSummary(1, 4, pool="max")
+
+
+def test_summary_pool_is_saved_and_old_configs_load_as_the_mean_pool():
+    model = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=1, hidden=4), summary_hidden=8,
+                           summary_pool="mean")
+    cfg = model.config()
+    assert cfg["summary"]["pool"] == "mean"
+    assert ConditionalINN.from_config(cfg).summary.pool == "mean"
+    assert ConditionalINN(2, (3,), is_set_valued=True, summary_hidden=8).config()["summary"]["pool"] == "mean_std"
+    del cfg["summary"]["pool"]  # a file written before the spread pool existed
+    assert ConditionalINN.from_config(cfg).summary.pool == "mean"
+    assert "pool" not in ConditionalINN(2, (3,), summary_hidden=8).config()["summary"]  # MLP summaries have none
