@@ -52,7 +52,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
-from sbi_inn.priors import as_prior, describe_prior
+from sbi_inn.priors import describe_prior, prior_for
 
 FORMAT = "sbi_inn.simulations"
 FORMAT_VERSION = 1
@@ -119,11 +119,7 @@ def simulate_to_hdf5(
         raise TypeError(f"simulate must be a Simulator or a callable x -> y, got {type(simulate).__name__}")
     if simulator_config is not None and not isinstance(simulator_config, dict):
         raise TypeError(f"simulator_config must be a dict, got {type(simulator_config).__name__}")
-    if prior is None:
-        if not hasattr(simulate, "prior"):
-            raise ValueError("prior is None but simulate has no .prior; pass a torch Distribution")
-        prior = simulate.prior
-    prior = as_prior(prior)
+    prior = prior_for(simulate, prior)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path {str(path)!r} is a directory; give a file name such as {str(path / 'sims.h5')!r}")

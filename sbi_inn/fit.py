@@ -34,7 +34,7 @@ from sbi_inn.cinn import ConditionalINN
 from sbi_inn.data import call_simulator
 from sbi_inn.flows import FlowConfig
 from sbi_inn.posterior import Posterior, resolve_device
-from sbi_inn.priors import as_prior, describe_prior, support_bounds
+from sbi_inn.priors import as_prior, describe_prior, prior_for, support_bounds
 from sbi_inn.summary import POOLS
 from sbi_inn.train import TrainConfig, train
 
@@ -266,11 +266,7 @@ def fit_posterior(simulate: Callable | None = None, prior=None, *, num_simulatio
     else:
         if not callable(simulate):
             raise TypeError(f"simulate must be callable (x (n, D) -> y), got {type(simulate).__name__}")
-        if prior is None:
-            if not hasattr(simulate, "prior"):
-                raise TypeError("prior is missing: pass a torch.distributions.Distribution (or a list of 1-D ones)")
-            prior = simulate.prior
-        prior = as_prior(prior)
+        prior = prior_for(simulate, prior)
         if isinstance(num_simulations, bool) or not isinstance(num_simulations, (int, np.integer)):
             raise TypeError(f"num_simulations must be an integer, got {num_simulations!r}")
         if num_simulations < 10:

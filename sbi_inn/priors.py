@@ -83,6 +83,17 @@ def as_prior(prior) -> Distribution:
     return prior
 
 
+def prior_for(simulate, prior) -> Distribution:
+    """``prior`` as :func:`as_prior` returns it, or, when ``prior`` is ``None``, the ``.prior`` of ``simulate`` (a
+    ``simulators.Simulator``); ``TypeError`` when neither is given."""
+    if prior is None:
+        prior = getattr(simulate, "prior", None)
+        if prior is None:
+            raise TypeError("prior is missing: pass a torch.distributions.Distribution (or a list of 1-D ones); the "
+                            "simulator has no .prior to use instead")
+    return as_prior(prior)
+
+
 def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
     """Per-dimension lower and upper bounds of the prior's support, each ``(D,)`` (``+-inf`` where unbounded).
 

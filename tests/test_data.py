@@ -122,6 +122,8 @@ def test_gaussian_mixture_and_global_rng_untouched(tmp_path):
     # prior=None takes the simulator's prior and gives the same file
     run(sim, 1200, tmp_path / "gm2.h5", prior=None, chunk_size=500)
     assert datasets_equal(tmp_path / "gm.h5", tmp_path / "gm2.h5")
+    with pytest.raises(TypeError, match="prior is missing"):  # a plain function has no prior to fall back on
+        run(lambda x: x, 10, tmp_path / "gm3.h5", prior=None)
 
 
 def test_numpy_callable_is_accepted_and_reproducible(tmp_path):
