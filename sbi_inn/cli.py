@@ -48,17 +48,19 @@ def _parse_config(items: Sequence[str] | None) -> dict:
 # -- sbi-inn list -------------------------------------------------------------------------------------------------
 def _add_list(subcommands) -> None:
     p = subcommands.add_parser("list", help="list the registered simulators",
-                               description="List the registered simulators with their dimensions.")
+                               description="List the simulators registered in the `sbi_inn.simulators` "
+                                           "entry-point group (by this and any installed package) with their "
+                                           "dimensions.")
     p.set_defaults(func=_run_list)
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from simulators import get_simulator, list_simulators
+    from sbi_inn.registry import available_simulators, load_simulator
 
     rows = []
-    for name in list_simulators():
+    for name in available_simulators():
         try:
-            sim = get_simulator(name)
+            sim = load_simulator(name)
             rows.append((name, str(sim.param_dim), str(sim.obs_dim), "yes" if sim.is_set_valued else "no",
                          ", ".join(sim.param_names)))
         except Exception as err:  # a simulator module being written or missing a dependency
@@ -90,9 +92,9 @@ def _add_simulate(subcommands) -> None:
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from sbi_inn.data import simulate_to_hdf5
-    from simulators import get_simulator
+    from sbi_inn.registry import load_simulator
 
-    sim = get_simulator(args.name, **_parse_config(args.config))
+    sim = load_simulator(args.name, **_parse_config(args.config))
     try:
         summary = simulate_to_hdf5(sim, sim.prior, args.num_simulations, args.output, seed=args.seed,
                                    chunk_size=args.chunk_size, resume=not args.no_resume,
@@ -507,7 +509,7 @@ def _add_diagnose(subcommands) -> None:
 
 def _rebuild_simulator(args, meta: dict, notes: list[str]):
     """The simulator for re-simulation, or ``None`` (with a note saying why)."""
-    from simulators import get_simulator
+    from sbi_inn.registry import load_simulator
 
     name = args.simulator or meta.get("simulator")
     config = dict(meta.get("simulator_config") or {}) if name == meta.get("simulator") else {}
@@ -515,7 +517,7 @@ def _rebuild_simulator(args, meta: dict, notes: list[str]):
     if args.simulator is None and args.config:
         raise ValueError("--config needs --simulator")
     try:
-        return get_simulator(name, **config)
+        return load_simulator(name, **config)
     except (KeyError, TypeError, ValueError) as err:
         if args.simulator is not None:
             raise
