@@ -27,8 +27,8 @@ from pathlib import Path
 
 from sbi_inn._version import __version__
 
-_BAD_INPUT = (ValueError, TypeError, KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-              PermissionError)
+_BAD_INPUT = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError,
+              NotADirectoryError, PermissionError)
 
 
 def _parse_config(items: Sequence[str] | None) -> dict:
@@ -384,7 +384,8 @@ def _run_train(args: argparse.Namespace) -> int:
     import math
     import time
 
-    from sbi_inn.fit import DEFAULT_TRAIN, FitConfig, fit_posterior
+    from sbi_inn.config import DEFAULT_TRAIN, FitConfig
+    from sbi_inn.fit import fit_posterior
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such simulation file: {args.data!r}")
@@ -483,16 +484,17 @@ def _add_diagnose(subcommands) -> None:
                     "with the file's ground-truth parameters: calibration error and curves, SBC ranks with "
                     "uniformity p-values, posterior z-scores and contraction, MAP error and, when the simulator "
                     "can be rebuilt (from the file or --simulator), the re-simulation error. Writes metrics.json, "
-                    "metrics.csv, metrics.md, calibration.png, sbc.png and corner.png to the report folder and "
-                    "prints the table.")
+                    "metrics.csv, metrics.md, calibration.png, sbc.png and corner.png to the report folder (an "
+                    "earlier report's files only with --force) and prints the table.")
     p.add_argument("model", metavar="MODEL.sbi", help="posterior written by `sbi-inn train`")
     p.add_argument("--data", required=True, metavar="TEST.h5",
                    help="test simulations (not the training file: its metrics would be optimistic)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder (created)")
+    p.add_argument("--force", action="store_true", help="overwrite the files of an earlier report in DIR")
     p.add_argument("--num-obs", type=_positive(int), default=200, metavar="B",
                    help="test observations used, the first B of the split (default: 200)")
     p.add_argument("--num-samples", type=_positive(int), default=1000, metavar="N",
-                   help="posterior samples per observation (default: 1000)")
+                   help="posterior samples per observation, at least 2 (default: 1000)")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
                    help="rows of the file to use (fractions 0.8/0.1/0.1; default: all)")
     p.add_argument("--point", choices=("auto", "mean_shift", "median", "mean"), default="auto",
@@ -527,15 +529,18 @@ def _rebuild_simulator(args, meta: dict, notes: list[str]):
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:
-    import time
-
-    import torch
-
-    from sbi_inn import diagnostics, plots
     from sbi_inn.data import load_hdf5
+    from sbi_inn.diagnostics import report, to_markdown
+    from sbi_inn.diagnostics.report import FILES
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.num_samples < 2:
+        raise ValueError(f"--num-samples must be at least 2 (calibration needs several draws), got {args.num_samples}")
+    out = Path(args.output)
+    existing = [name for name in FILES if (out / name).exists()]
+    if existing and not args.force:  # checked before the work, not only when writing
+        raise ValueError(f"{out} already holds a report ({', '.join(existing)}); pass --force to overwrite it")
     posterior = _load_model(args.model, args.device)
     x, y, sizes, meta = _read_hdf5_rows(args.data, args.split, f":{args.num_obs}")
     names = posterior.param_names
@@ -560,119 +565,26 @@ def _run_diagnose(args: argparse.Namespace) -> int:
         notes.append("re-simulation skipped: set-valued observations")
     else:
         sim = _rebuild_simulator(args, meta, notes)
-    b, n = x.shape[0], args.num_samples
-    if b < args.num_obs:
-        notes.append(f"only {b} observations in the split (asked for {args.num_obs})")
-    log = (lambda *a: None) if args.quiet else print
-
-    log(f"sampling {n} posterior draws for each of {b} test observations")
-    t0 = time.perf_counter()
-    samples = posterior.sample_batched((n,), y, sizes=sizes, seed=args.seed, show_progress=not args.quiet).cpu()
-    sampling_seconds = time.perf_counter() - t0
-    prior_x = load_hdf5(args.data, max_rows=20_000)["x"]
-
-    log("computing calibration, SBC, z-scores, contraction, MAP and re-simulation errors")
-    calib = diagnostics.calibration_summary(samples, x)
-    alphas, inl = diagnostics.calibration_curve(samples, x)
-    ranks = diagnostics.sbc_ranks(samples, x)
-    sbc_p = diagnostics.sbc_uniformity(ranks, n)
-    z = diagnostics.posterior_zscore(samples, x)
-    contraction = diagnostics.posterior_contraction(samples, prior_x.var(0))
-    point = args.point if args.point != "auto" else ("mean_shift" if b <= 100 else "median")
-    x_hat = diagnostics.point_estimate(samples, point) if n > 1 or point != "mean_shift" else samples[0]
-    resim = map_resim = None
-    if sim is not None:
-        gen = torch.Generator().manual_seed(args.seed)
-        resim = diagnostics.resimulation_error(sim.simulate, samples, y, generator=gen)
-        map_resim = diagnostics.map_resimulation_error(sim.simulate, x_hat, y, generator=gen)
-
-    per_param = {
-        "calib_median": calib["median_per_parameter"], "calib_mean": calib["mean_per_parameter"],
-        "calib_signed": calib["signed_mean_per_parameter"], "sbc_p": sbc_p,
-        "z_mean": z.mean(0), "z_std": z.std(0) if b > 1 else torch.full((len(names),), float("nan")),
-        "contraction": contraction.mean(0), "map_rmse": diagnostics.map_error_per_parameter(x_hat, x),
-    }
-    overall = {"calib_median": calib["median"], "calib_mean": calib["mean"], "calib_signed": calib["signed_mean"],
-               "sbc_p": float(sbc_p.min()), "z_mean": float(z.mean()),
-               "z_std": float(z.std()) if z.numel() > 1 else float("nan"),
-               "contraction": float(contraction.mean()), "map_rmse": diagnostics.map_error(x_hat, x),
-               "resim_mean": None if resim is None else float(resim.mean()),
-               "resim_median": None if resim is None else float(resim.median())}
-    metrics = {
-        "model": str(args.model), "data": str(args.data), "split": args.split, "num_observations": b,
-        "num_samples": n, "seed": args.seed, "method": (posterior.model.config() or {}).get("type"),
-        "calibration_error_median": calib["median"], "calibration_error_mean": calib["mean"],
-        "calibration_error_signed": calib["signed_mean"], "calibration_error_max": calib["max"],
-        "calibration_error_per_parameter": _by_name(names, calib["median_per_parameter"]),
-        "calibration_curve": {"alphas": alphas.tolist(),
-                              "alpha_inl": {k: inl[:, j].tolist() for j, k in enumerate(names)}},
-        "sbc_p_values": _by_name(names, sbc_p), "sbc_min_p_value": float(sbc_p.min()),
-        "zscore_mean": _by_name(names, z.mean(0)), "zscore_std": _by_name(names, per_param["z_std"]),
-        "contraction_mean": _by_name(names, contraction.mean(0)),
-        "point_estimate": point, "map_error": overall["map_rmse"],
-        "map_error_per_parameter": _by_name(names, per_param["map_rmse"]),
-        "resimulation_error_mean": overall["resim_mean"], "resimulation_error_median": overall["resim_median"],
-        "map_resimulation_error": None if map_resim is None else float(map_resim.mean()),
-        "simulator": None if sim is None else {"name": sim.name, "config": sim.config()},
-        "sampling_seconds": sampling_seconds, "notes": notes,
-    }
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    table = _metrics_table(names, per_param, overall)
-    (out / "metrics.json").write_text(json.dumps(_plain(metrics), indent=2) + "\n")
-    table.to_csv(out / "metrics.csv", index_label="parameter")
-    markdown = diagnostics.to_markdown(table, digits=3)
-    legend = ("Rows: each parameter, then `all` (pooled over parameters; its `sbc_p` is the smallest p-value and "
-              f"its `map_rmse` the RMSE over all parameters). {b} test observations of {args.data} "
-              f"(split {args.split}), {n} posterior samples each; point estimate: {point}. `calib_*`: "
-              "|alpha_inl - alpha| over 99 levels (signed: alpha_inl - alpha, negative = over-confident); `sbc_p`: "
-              "chi-square uniformity of SBC ranks; `z_*`: posterior z-scores; `resim_*`: distance of re-simulated "
-              "samples to the observation.")
-    (out / "metrics.md").write_text(markdown + "\n\n" + legend + "\n" + "".join(f"\n- {note}" for note in notes)
-                                    + "\n")
-
-    log("plotting calibration curves, SBC ranks and the corner plot of the first observation")
-    units = getattr(sim, "param_units", None) if sim is not None else None
-    plots.calibration_plot(alphas, inl - alphas[:, None], names, path=out / "calibration.png")
-    plots.sbc_plot(ranks, n, out / "sbc.png", param_names=names)
-    plots.corner_plot({"posterior": samples[:, 0]}, truth=x[0], prior_samples=prior_x[:5000], param_names=names,
-                      units=units if units is not None and len(units) == len(names) else None,
-                      path=out / "corner.png")
-    print(markdown)
-    for note in notes:
+    if x.shape[0] < args.num_obs:
+        notes.append(f"only {x.shape[0]} observations in the split (asked for {args.num_obs})")
+    if not args.quiet:
+        print(f"sampling {args.num_samples} posterior draws for each of {x.shape[0]} test observations, then "
+              "computing calibration, SBC, z-scores, contraction, MAP and re-simulation errors and plotting")
+    info = {"model": str(args.model), "data": str(args.data), "split": args.split,
+            "method": (posterior.model.config() or {}).get("type"),
+            "simulator": None if sim is None else {"name": sim.name, "config": sim.config()}}
+    result = report(posterior, x, y, sizes=sizes, simulate=None if sim is None else sim.simulate,
+                    prior_samples=load_hdf5(args.data, max_rows=20_000)["x"], num_samples=args.num_samples,
+                    point=args.point, seed=args.seed, show_progress=not args.quiet,
+                    param_units=getattr(sim, "param_units", None), source=f"{args.data} (split {args.split})",
+                    info=info, notes=notes)
+    result.write(out, overwrite=args.force)
+    print(to_markdown(result.table, digits=3))
+    for note in result.notes:
         print(f"note: {note}")
-    log(f"report written to {out}: metrics.json, metrics.csv, metrics.md, calibration.png, sbc.png, corner.png")
+    if not args.quiet:
+        print(f"report written to {out}: {', '.join(FILES)}")
     return 0
-
-
-def _by_name(names, values) -> dict:
-    return {k: float(v) for k, v in zip(names, values.tolist())}
-
-
-def _metrics_table(names, per_param: dict, overall: dict):
-    """One row per parameter plus ``all`` (pooled); the re-simulation columns are filled for ``all`` only."""
-    import math
-
-    import pandas as pd
-
-    rows = {k: {c: float(v[j]) for c, v in per_param.items()} for j, k in enumerate(names)}
-    rows["all"] = {c: (math.nan if v is None else v) for c, v in overall.items()}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "parameter"
-    return table.dropna(axis=1, how="all")
-
-
-def _plain(obj):
-    """JSON-safe copy: NaN and inf become ``None``."""
-    import math
-
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # -- parser and entry point ---------------------------------------------------------------------------------------

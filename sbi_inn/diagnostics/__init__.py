@@ -2,7 +2,8 @@
 
 Every metric is a pure function of arrays (torch tensors or numpy arrays) in the ``sample_batched`` layout:
 posterior samples ``(n, B, D)``, ground truths ``(B, D)``, observations ``(B, M)``. Arrays come back as torch
-tensors, scalars as Python floats. Plots of these numbers live in :mod:`sbi_inn.plots`.
+tensors, scalars as Python floats. Plots of these numbers live in :mod:`sbi_inn.plots`; :func:`report` computes
+them all on a test set and draws the figures (what ``sbi-inn diagnose`` writes).
 """
 
 from sbi_inn.diagnostics.calibration import (
@@ -27,9 +28,11 @@ from sbi_inn.diagnostics.metrics import (
     posterior_zscore,
     resimulation_error,
 )
+from sbi_inn.diagnostics.report import Report, report
 from sbi_inn.diagnostics.two_sample import c2st, c2st_batched, mmd, mmd_batched
 
 __all__ = [
+    "Report",
     "bootstrap",
     "c2st",
     "c2st_batched",
@@ -49,6 +52,7 @@ __all__ = [
     "point_estimate",
     "posterior_contraction",
     "posterior_zscore",
+    "report",
     "resimulation_error",
     "sbc_ranks",
     "sbc_uniformity",
