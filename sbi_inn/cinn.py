@@ -1,16 +1,17 @@
 """The conditional invertible neural network (cINN) posterior model of thesis ch. 3.
 
 A cINN learns ``q(x | y)`` as a normalising flow over the parameters whose every coupling block receives the
-summary ``c = phi(y)`` of the observation (thesis eq. 3.10, conditioning network 3.4). It is trained by conditional
-maximum likelihood (eq. 3.8) and gives both exact densities and fast sampling.
+summary ``c = phi(y)`` of the observation (thesis sec. 3.2, eq. 3.10; conditioning network, sec. 3.4). It is
+trained by conditional maximum likelihood (eq. 3.8) and gives both exact densities and fast sampling.
 
 The pipeline from parameters ``x`` (inside the prior's support) to the latent ``z`` is::
 
     x --support.inverse--> u (unconstrained) --standardise--> v --flow(. ; c)--> z ~ N(0, I)
 
-so ``log q(x | y) = log N(z) + log|dz/dv| + log|dv/du| - log|dx/du|``, and samples ``x = T(u)`` lie inside the
-support by construction. Parameter and observation standardisation constants are buffers fitted on the training
-data (:meth:`ConditionalINN.fit_standardization`), so ``.to(device)`` moves everything.
+so ``log q(x | y) = log N(z) + log|dz/dv| + log|dv/du| - log|dx/du|`` (eq. 3.5 with the Jacobians of the fixed
+transforms), and samples ``x = T(u)`` lie inside the support by construction. Parameter and observation
+standardisation constants are buffers fitted on the training data (:meth:`ConditionalINN.fit_standardization`), so
+``.to(device)`` moves everything.
 
 One-dimensional parameters (``D = 1``) cannot be split by a coupling block. Rather than padding with a noise
 dimension (whose marginal density would need an integral), the flow is then an exact 1-D conditional flow:
@@ -19,7 +20,8 @@ dimension (whose marginal density would need an integral), the flow is then an e
 ``FlowConfig`` width and depth (:class:`ConditionalSpline1d`).
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 3.1 (eqs. 3.5, 3.8), 3.2 (eq. 3.10), 3.4, 3.5 (eq. 3.13), 3.8.6 (eq. 3.14).
+    thesis sec. 3.1 (eqs. 3.5, 3.8), sec. 3.2 (eq. 3.10), sec. 3.4 (conditioning network), sec. 3.5 (eq. 3.13),
+    sec. 3.8.6 (eq. 3.14); Durkan et al. (2019), "Neural spline flows" (the 1-D flow).
 """
 
 from __future__ import annotations
@@ -192,9 +194,8 @@ class ConditionalINN(nn.Module):
             architecture (``load_posterior(path, summary=module)``).
         summary_dim: summary features ``C`` (default 32; ignored for ``"none"`` and custom modules).
         summary_hidden, summary_layers: width and hidden-layer count of the summary network(s); ``summary_layers=None``
-            gives 2 for the MLP and 1 for the deep set (each of psi and rho: on the set-valued benchmark one layer
-            matched two in C2ST, 0.531 / 0.593 against 0.527 / 0.585 at 10 000 / 1000 simulations, and trained 1.65x
-            faster, because psi runs on every set member).
+            gives 2 for the MLP and 1 for each of the deep set's psi and rho (psi runs on every set member, and one
+            layer was as accurate as two on the set benchmark and faster: ``benchmarks/results/design_notes.md``).
         summary_activation: nonlinearity of the summary network(s).
         summary_pool: the deep set's pool, ``"mean_std"`` (default) or ``"mean"`` (``sbi_inn.summary.DeepSetSummary``).
         spline_bins: bins of the 1-D spline flow (``D = 1`` only).
@@ -326,7 +327,7 @@ class ConditionalINN(nn.Module):
         """
         B = c.shape[0]
         z = torch.empty(B, n, self.param_dim, device=c.device, dtype=c.dtype)
-        gen = torch.Generator(device=c.device)  # one generator re-seeded per row: 3x cheaper than one per row
+        gen = torch.Generator(device=c.device)  # one generator re-seeded per row, cheaper than a new one per row
         for b, seed in enumerate(_row_seeds(generator, B)):
             torch.randn(n, self.param_dim, generator=gen.manual_seed(seed), out=z[b])
         z = z.transpose(0, 1).reshape(n * B, self.param_dim)

@@ -4,18 +4,32 @@ One builder serves both model families: the bidirectional INN of thesis ch. 4 (n
 ``GLOWCouplingBlock``) and the conditional INN of thesis ch. 3 (condition fed to every subnet, eq. 3.10;
 :class:`ConditionalAffineCoupling`, a FrEIA ``InvertibleModule`` of ours).
 
-Each block is a GLOW-style affine coupling block (thesis 2.2.1, 3.2) with the soft clamp of eq. 3.13,
-``s~ = alpha * tanh(s / alpha)``, followed by a fixed random orthogonal rotation (thesis 3.5, "Channel mixing") or a
-fixed random permutation. Subnets are MLPs whose last layer starts at zero, so a fresh flow is the identity.
+Each block is a GLOW-style affine coupling block (thesis sec. 2.2.1, eq. 2.25; sec. 3.2) with the soft clamp of
+eq. 3.13, ``s~ = alpha * tanh(s / alpha)``, followed by a fixed random orthogonal rotation (thesis sec. 3.5,
+"Channel mixing") or a fixed random permutation. Subnets are MLPs whose last layer starts at zero, so a fresh flow
+is the identity.
 
 Why our own conditional block: FrEIA's conditional blocks concatenate the condition to every input row, so
 drawing ``n`` samples for one observation pushes ``n`` copies of the condition through every subnet's first
 layer. Writing that layer as ``W_x x + (W_c c + b)`` (the same function) lets the condition term be computed once
 per observation and broadcast, which with one-hidden-layer subnets removes most of the per-sample cost.
 
+FrEIA's ``GLOWCouplingBlock`` clamps its log-scales with an ``atan`` form by default, not eq. 3.13; it is given
+``clamp_activation = tanh(u / alpha)`` and ``clamp = alpha``, which is eq. 3.13 exactly.
+
+Example:
+    >>> flow = CouplingFlow(3, cond_dim=2, config=FlowConfig(num_blocks=2, hidden=8))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x, c = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)
+    >>> z, log_det = flow(x, c)
+    >>> z.shape, log_det.shape
+    (torch.Size([5, 3]), torch.Size([5]))
+    >>> bool(torch.allclose(flow.inverse(z, c)[0], x, atol=1e-5))
+    True
+
 References:
-    thesis ``002_e718d3c52e134117.txt`` sections 2.2.1, 3.2 (eq. 3.10), 3.5 (eq. 3.13, orthogonal mixing);
-    ``NOTES.md`` "Coupling blocks and FrEIA" (FrEIA's default clamp is an atan form; we pass tanh(u / alpha)).
+    thesis sec. 2.2.1 (affine coupling, eqs. 2.25-2.26), sec. 3.2 (conditional coupling block,
+    eq. 3.10), sec. 3.5 (soft clamp, eq. 3.13; fixed random orthogonal channel mixing).
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 # the same nonlinearities as functions, for the conditional subnets; the in-place forms (used when no gradient is
-# recorded) make sampling about 25 % faster than allocating each activation (8 blocks of width 64, 10 000 samples)
+# recorded) save one allocation per activation when sampling (measured: benchmarks/results/design_notes.md)
 _FUNCTIONAL = {"relu": torch.relu, "leaky_relu": lambda h: F.leaky_relu(h, 0.01), "silu": F.silu,
                "tanh": torch.tanh, "gelu": F.gelu}
 _FUNCTIONAL_INPLACE = {"relu": torch.relu_, "leaky_relu": lambda h: F.leaky_relu_(h, 0.01),
@@ -45,10 +59,10 @@ class FlowConfig:
     Attributes:
         num_blocks: number of affine coupling blocks.
         hidden: width of the subnet hidden layers.
-        num_layers: number of hidden layers in each subnet (the thesis uses 3-4 fully connected layers).
+        num_layers: number of hidden layers in each subnet (thesis app. B.5 uses 3-4 fully connected layers).
         activation: subnet nonlinearity, one of ``ACTIVATIONS``.
-        clamp: the soft-clamp ``alpha`` of eq. 3.13 (thesis 3.5).
-        mixing: ``"orthogonal"`` (fixed random rotation, thesis 3.5) or ``"permute"``.
+        clamp: the soft-clamp ``alpha`` of thesis eq. 3.13 (sec. 3.5).
+        mixing: ``"orthogonal"`` (fixed random rotation, thesis sec. 3.5) or ``"permute"``.
         dropout: dropout probability inside subnets (0 disables).
         seed: seed of the fixed random mixing matrices.
     """
@@ -113,7 +127,7 @@ def _activation(name: str, h: Tensor) -> Tensor:
 
 
 class ConditionalSubnet(nn.Module):
-    """Subnet MLP ``[u, c] -> (s, t)`` of a conditional coupling (thesis eq. 3.10), first layer split in two.
+    """Subnet MLP ``[u, c] -> (s, t)`` of a conditional coupling (thesis sec. 3.2, eq. 3.10), first layer split in two.
 
     ``W [u; c] + b = W_u u + (W_c c + b)``: the condition term is computed once per *observation* and broadcast
     over that observation's samples, so sampling ``n`` points for one ``y`` costs ``n`` passes through the
@@ -153,7 +167,7 @@ class ConditionalSubnet(nn.Module):
 
 
 class ConditionalAffineCoupling(Fm.InvertibleModule):
-    """GLOW-style conditional affine coupling block (thesis 3.2, eq. 3.10; soft clamp eq. 3.13), a FrEIA module.
+    """GLOW-style conditional affine coupling block (thesis sec. 3.2, eq. 3.10; soft clamp eq. 3.13), a FrEIA module.
 
     ``x = [x1, x2]``: ``v2 = x2 * exp(s1(x1, c)) + t1(x1, c)``, then ``v1 = x1 * exp(s2(v2, c)) + t2(v2, c)``,
     ``s~ = alpha * tanh(s / alpha)``; ``log|det| = sum(s1~) + sum(s2~)``.

@@ -6,8 +6,8 @@ objects rendered by the Agg canvas, so no pyplot state or global backend is touc
 returned figure), and nothing needs closing.
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` Fig. 4.2 (Gaussian-mixture samples), Fig. 4.6 (arm configurations),
-    Fig. 4.8 (posterior marginals with prior and truth), Fig. 4.10 (calibration curves); Talts et al. (2018)
+    thesis sec. 4.2.1, Fig. 4.2 (Gaussian-mixture samples); sec. 4.2.2, Fig. 4.6 (arm configurations); sec. 4.2.3,
+    Fig. 4.8 (posterior marginals with prior and truth) and Fig. 4.10 (calibration curves); Talts et al. (2018)
     (SBC rank histograms).
 """
 
@@ -65,7 +65,7 @@ def _labels(d: int, param_names, units) -> list[str]:
 
 def corner_plot(samples: Mapping[str, object], *, truth=None, prior_samples=None, param_names=None, units=None,
                 path=None, bins: int = 30, quantile_range: float = 0.995) -> Figure:
-    """Pairwise marginals of several posteriors overlaid in distinct colours (thesis Fig. 4.8).
+    """Pairwise marginals of several posteriors overlaid in distinct colours (thesis sec. 4.2.3, Fig. 4.8).
 
     Args:
         samples: name -> posterior samples ``(n, D)`` (one observation); a single array is named "posterior".
@@ -78,6 +78,12 @@ def corner_plot(samples: Mapping[str, object], *, truth=None, prior_samples=None
 
     Returns:
         the figure (``D x D`` axes, legend at the top right).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> fig = corner_plot({"cINN": torch.randn(500, 2, generator=g)}, truth=torch.zeros(2), param_names=["a", "b"])
+        >>> len(fig.axes)
+        4
     """
     import corner
 
@@ -133,7 +139,7 @@ def corner_plot(samples: Mapping[str, object], *, truth=None, prior_samples=None
 
 
 def calibration_plot(alphas, curves, param_names=None, path=None) -> Figure:
-    """Calibration curves ``alpha_inl - alpha`` against ``alpha`` (thesis Fig. 4.10).
+    """Calibration curves ``alpha_inl - alpha`` against ``alpha`` (thesis sec. 4.2.3, Fig. 4.10).
 
     Args:
         alphas: confidence levels ``(A,)`` as returned by ``diagnostics.calibration_curve``.
@@ -142,9 +148,15 @@ def calibration_plot(alphas, curves, param_names=None, path=None) -> Figure:
         param_names: names of the ``D`` parameters.
         path: save the figure there.
 
+    Returns:
+        the figure (one panel, or one per parameter for a dict of methods).
+
     Example:
-        ``alphas, inl = diagnostics.calibration_curve(samples, x_true)``, then
-        ``calibration_plot(alphas, inl - alphas[:, None], sim.param_names)``.
+        >>> from sbi_inn.diagnostics import calibration_curve
+        >>> g = torch.Generator().manual_seed(0)
+        >>> alphas, inl = calibration_curve(torch.randn(100, 50, 2, generator=g), torch.randn(50, 2, generator=g))
+        >>> len(calibration_plot(alphas, inl - alphas[:, None], ["a", "b"]).axes)
+        1
     """
     a = _np(alphas, "alphas", (1,))
     many = isinstance(curves, Mapping)
@@ -225,7 +237,7 @@ def sbc_plot(ranks, n: int, path=None, *, param_names=None, num_bins: int | None
 
 def arm_plot(joint_positions, target, path=None, *, highlight: int | None = None, max_arms: int = 2000,
              title: str | None = None) -> Figure:
-    """Sampled arm configurations of the inverse-kinematics problem (thesis Fig. 4.6).
+    """Sampled arm configurations of the inverse-kinematics problem (thesis sec. 4.2.2, Fig. 4.6).
 
     Args:
         joint_positions: ``(n, 4, 2)`` positions of rail mount, joints and end point (from
@@ -269,7 +281,7 @@ def arm_plot(joint_positions, target, path=None, *, highlight: int | None = None
 
 def mixture_scatter(samples_by_label: Mapping[object, object], path=None, *, title: str | None = None,
                     max_points: int = 5000) -> Figure:
-    """2-D samples coloured by their conditioning label (thesis Fig. 4.2).
+    """2-D samples coloured by their conditioning label (thesis sec. 4.2.1, Fig. 4.2).
 
     Args:
         samples_by_label: label -> samples ``(n, 2)`` (e.g. posterior samples for each one-hot observation).

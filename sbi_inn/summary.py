@@ -1,7 +1,7 @@
-"""Conditioning (summary) networks ``c = phi(y)`` for the conditional INN (thesis 3.4, 3.8.6).
+"""Conditioning (summary) networks ``c = phi(y)`` for the conditional INN (thesis sec. 3.4, sec. 3.8.6).
 
 The conditional coupling blocks see the observation only through a learned feature vector ``c = phi(y)`` that is
-trained jointly with the flow by back-propagating the conditional maximum-likelihood loss (thesis 3.4). Two
+trained jointly with the flow by back-propagating the conditional maximum-likelihood loss (thesis sec. 3.4). Two
 networks are provided:
 
 - :class:`MLPSummary` for fixed-size observations ``(B, *obs_shape)`` (flattened);
@@ -13,8 +13,9 @@ Any ``torch.nn.Module`` can replace them: it must have an integer attribute ``ou
 ``net(y)`` for vectors, ``net(y, mask)`` for sets, returning ``(B, out_dim)``.
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 3.4 (conditioning network), 3.8.6 (eq. 3.14, deep sets); mean and
-    standard-deviation aggregation together as in Corso et al. (2020), "Principal Neighbourhood Aggregation".
+    thesis sec. 3.4 (conditioning network), sec. 3.8.6 (deep-set summary network, eq. 3.14); Radev et al. (2020),
+    "BayesFlow"; mean and standard-deviation aggregation together as in Corso et al. (2020), "Principal
+    Neighbourhood Aggregation".
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class MLPSummary(nn.Module):
 
 
 class DeepSetSummary(nn.Module):
-    """Permutation-invariant summary of a set of varying size (thesis eq. 3.14).
+    """Permutation-invariant summary of a set of varying size (thesis sec. 3.8.6, eq. 3.14).
 
     ``phi({y_k}) = rho([mean_k psi(y_k), std_k h(y_k), log K / log K_ref])``: an element network ``psi`` applied to
     every set member, a masked *mean* pool over the valid members, the (scaled) log set size appended, and a network
@@ -82,10 +83,9 @@ class DeepSetSummary(nn.Module):
 
     ``pool="mean_std"`` (the default) also pools the standard deviation over the members of ``h``, ``psi``'s last
     hidden layer (the input itself when ``psi`` has none): how spread out a set is then needs no second moment built
-    from piecewise-linear features. On the conjugate set benchmark (``benchmarks/bench_vs_sbi.py``, K = 10, training
-    seeds 0 / 1) the C2ST against the exact posterior fell from 0.664 / 0.646 to 0.574 / 0.585 at 1000 simulations,
-    where a set with a prior-tail variance had been underdispersed (0.78 for that observation), and from 0.544 to
-    0.525 at 10 000, in 40 instead of 83 epochs. ``pool="mean"`` is eq. 3.14 alone.
+    from piecewise-linear features. It is the default because it made the posteriors of the conjugate set benchmark
+    closer to the exact ones, most where a set's variance lies in the prior's tail (the C2ST numbers are in
+    ``benchmarks/results/design_notes.md``). ``pool="mean"`` is eq. 3.14 alone.
 
     Args:
         elem_dim: size ``M`` of one set member.

@@ -20,7 +20,14 @@ from torch import Tensor, nn
 
 
 class SupportTransform(nn.Module):
-    """Elementwise bijection ``R^D -> support`` for per-dimension bounds ``lo, hi`` (each ``(D,)``, may be inf)."""
+    """Elementwise bijection ``R^D -> support`` for per-dimension bounds ``lo, hi`` (each ``(D,)``, may be inf).
+
+    Example:
+        >>> t = SupportTransform(torch.tensor([0.0, 0.0]), torch.tensor([1.0, math.inf]))  # [0, 1] x [0, inf)
+        >>> x = t(torch.tensor([[0.0, 0.0], [-20.0, 3.0]]))
+        >>> x.tolist()[0], bool(t.contains(x).all())
+        ([0.5, 1.0], True)
+    """
 
     def __init__(self, lo: Tensor, hi: Tensor):
         super().__init__()
@@ -78,7 +85,13 @@ class SupportTransform(nn.Module):
 
 
 class Standardize(nn.Module):
-    """Affine standardisation ``(v - mean) / std`` with statistics stored as buffers (device follows the model)."""
+    """Affine standardisation ``(v - mean) / std`` with statistics stored as buffers (device follows the model).
+
+    Example:
+        >>> s = Standardize(2).fit(torch.tensor([[0.0, 10.0], [2.0, 30.0]]))
+        >>> s.mean.tolist(), s.std.tolist(), s(torch.tensor([[2.0, 10.0]])).tolist()
+        ([1.0, 20.0], [1.0, 10.0], [[1.0, -1.0]])
+    """
 
     def __init__(self, dim: int | tuple[int, ...]):
         super().__init__()

@@ -6,8 +6,8 @@ Batched helpers compare posteriors of ``B`` observations at once, ``(n, B, D)`` 
 References:
     Lopez-Paz & Oquab (2017), "Revisiting classifier two-sample tests"; Lueckmann et al. (2021),
     "Benchmarking simulation-based inference" (the C2ST recipe and its defaults); Gretton et al. (2012),
-    "A kernel two-sample test" (unbiased MMD^2); thesis ``002_e718d3c52e134117.txt`` 4.1.3 (inverse multiquadric
-    kernel ``1 / (1 + ||(x - x') / h||^2)``).
+    "A kernel two-sample test" (unbiased MMD^2); thesis sec. 4.1.3 (inverse multiquadric kernel
+    ``1 / (1 + ||(x - x') / h||^2)``).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def mmd(a, b, kernel: str = "imq", bandwidths: Sequence[float] | None = None) ->
     ``MMD^2 = E k(a, a') + E k(b, b') - 2 E k(a, b)`` with U-statistics for the within-set terms (Gretton et al.
     2012, eq. 3), so the estimate is centred at 0 for equal distributions and can be slightly negative. The kernel
     is the average over bandwidths ``h`` of the inverse multiquadric ``1 / (1 + ||x - x'||^2 / h^2)`` (thesis
-    4.1.3) or the Gaussian ``exp(-||x - x'||^2 / (2 h^2))``.
+    sec. 4.1.3) or the Gaussian ``exp(-||x - x'||^2 / (2 h^2))``.
 
     Args:
         a, b: sample sets ``(n, D)`` and ``(m, D)``.
