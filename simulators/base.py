@@ -25,6 +25,17 @@ class Simulator:
         param_names, obs_names: names of the ``D`` parameters and ``M`` observation dimensions.
         param_units, obs_units: units (``""`` for dimensionless).
         is_set_valued: whether ``simulate`` returns ``(y, sizes)``.
+
+    Example:
+        >>> class Shift(Simulator):  # y = x + N(0, 1)
+        ...     name, param_names, obs_names = "shift", ["mu"], ["y"]
+        ...     prior = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(1), 1.0), 1)
+        ...     def _simulate(self, x, generator):
+        ...         return x + torch.randn(x.shape, generator=generator)
+        >>> sim, g = Shift(), torch.Generator().manual_seed(0)
+        >>> x = sim.sample_prior(3, generator=g)
+        >>> sim.simulate(x, generator=g).shape
+        torch.Size([3, 1])
     """
 
     name: str = "simulator"

@@ -1,4 +1,4 @@
-"""Eight-mode Gaussian mixture with grouped labels (thesis 4.2.1, appendices B.2 and B.5.1).
+"""Eight-mode Gaussian mixture with grouped labels (thesis sec. 4.2.1, Fig. 4.2; app. B.2 and B.5.1).
 
 Parameters ``x`` in 2-D (length units, dimensionless) follow a mixture of 8 equal isotropic Gaussians with means
 evenly spaced on a circle of radius ``radius``. Component ``c`` carries a label; as in the thesis the first four
@@ -9,6 +9,13 @@ The generative model is ``c ~ U{0..7}``, ``x ~ N(mu_c, sigma^2 I)``, ``y = oneho
 ``simulate`` draws ``c`` from ``p(c | x)`` (practically deterministic for well separated modes), so the likelihood
 ``p(y | x) = sum_{c: label(c) = y} p(c | x)`` and the posterior ``p(x | y)`` (the equal-weight mixture of the
 components carrying label ``y``) are exact.
+
+Example:
+    >>> sim = GaussianMixture()
+    >>> sim.simulate(sim.means[:1], generator=torch.Generator().manual_seed(0)).tolist()  # the top mode: label 0
+    [[1.0, 0.0, 0.0, 0.0]]
+    >>> sim.sample_posterior(torch.tensor([0.0, 0.0, 1.0, 0.0]), 5).shape  # label 2: the seventh mode alone
+    torch.Size([5, 2])
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Inverse kinematics of a 4-DoF arm on a vertical rail (thesis 4.2.2, eqs. 4.3-4.4; appendix B.3).
+"""Inverse kinematics of a 4-DoF arm on a vertical rail (thesis sec. 4.2.2, eqs. 4.3-4.4; app. B.3, eqs. B.8-B.9).
 
 Parameters ``x = (x1, x2, x3, x4)``: rail position (length units) and three joint angles (rad), with independent
-Gaussian priors ``N(0, sigma_i^2)``, ``sigma = (0.25, 0.5, 0.5, 0.5)`` (B.3). Observation ``y = (y1, y2)``: the
+Gaussian priors ``N(0, sigma_i^2)``, ``sigma = (0.25, 0.5, 0.5, 0.5)`` (app. B.3). Observation ``y = (y1, y2)``: the
 end point of the arm (length units), arm segment lengths ``l = (0.5, 0.5, 1.0)``::
 
     y1 = x1 + l1 sin(x2) + l2 sin(x3 - x2) + l3 sin(x4 - x2 - x3)      (4.3 / B.8)
@@ -9,6 +9,13 @@ end point of the arm (length units), arm segment lengths ``l = (0.5, 0.5, 1.0)``
 
 Deterministic by default (as in the thesis). With ``noise = sigma_y > 0`` Gaussian observation noise is added,
 which gives a proper likelihood ``log_likelihood`` for MCMC references.
+
+Example:
+    >>> sim = InverseKinematics()
+    >>> sim.forward_kinematics(torch.zeros(1, 4)).tolist()  # all angles 0: the arm points straight up
+    [[0.0, 2.0]]
+    >>> sim.joint_positions(torch.zeros(1, 4)).shape  # rail mount, two joints, end point
+    torch.Size([1, 4, 2])
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Set-valued simulators: each observation is an unordered set of ``K`` i.i.d. draws, ``K`` varying per simulation.
 
-This is the setting of BayesFlow (thesis 3.8.6, Radev et al. 2020), where a permutation-invariant summary network
+This is the setting of BayesFlow (thesis sec. 3.8.6, Radev et al. 2020), where a permutation-invariant summary network
 ``phi({y_k}) = rho(sum_k psi(y_k))`` (deep sets, eq. 3.14) conditions the cINN. Two models:
 
 * :class:`ConjugateGaussianSets` (``"gaussian_sets"``): ``y_k ~ N(mu, sigma2 I)`` with the conjugate
@@ -272,7 +272,7 @@ class ConjugateGaussianSets(_SetSimulator):
 
     References:
         Murphy (2007), "Conjugate Bayesian analysis of the Gaussian distribution" (NIG posterior, d = 1);
-        thesis 3.8.6 (BayesFlow, set-valued observations).
+        thesis sec. 3.8.6 (BayesFlow, set-valued observations).
     """
 
     name = "gaussian_sets"
@@ -428,8 +428,8 @@ class DriftDiffusion(_SetSimulator):
     probability from their current position (relative error ``~ exp(-3 pi^2 max_time / (2 a^2))``). So every
     element is valid (no NaN, no truncation) and ``rt > t0`` always. The bridge test uses the nearer boundary
     only, which needs ``a >> sqrt(dt)`` (``a >= 0.5`` vs ``sqrt(1 ms) = 0.03`` by default). Cost is about one
-    Gaussian and one uniform draw per walker and step; ``dt = 5e-3`` is ~5x faster and, thanks to the bridge
-    correction, still gives choice probabilities and mean RTs within Monte-Carlo error of the exact values.
+    Gaussian and one uniform draw per walker and step, so it scales as ``1 / dt``; thanks to the bridge correction a
+    coarser step stays accurate (``dt = 5e-3`` is measured in ``benchmarks/results/design_notes.md``).
 
     Args:
         min_size, max_size: range of the number of trials ``K`` per set (inclusive).
@@ -446,7 +446,7 @@ class DriftDiffusion(_SetSimulator):
 
     References:
         Ratcliff & McKoon (2008), "The diffusion decision model"; Navarro & Fuss (2009) for the likelihood;
-        thesis 3.8.6 (BayesFlow on models from psychology).
+        thesis sec. 3.8.6 (BayesFlow on models from psychology).
     """
 
     name = "ddm"

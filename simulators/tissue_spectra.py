@@ -1,4 +1,4 @@
-"""Multispectral reflectance of layered tissue from physiological parameters (thesis 4.2.3; Wirkert et al. 2016).
+"""Multispectral reflectance of layered tissue from physiological parameters (thesis sec. 4.2.3; Wirkert et al. 2016).
 
 Each tissue layer ``i`` has six parameters (``param_names`` in this order, suffixed ``_i`` when ``num_layers > 1``):
 
@@ -85,7 +85,7 @@ recoverable, ``g`` and ``d`` not, and ``v_hb`` strongly correlated with ``a_mie`
   (~0.1-3 mm), and so does ``d`` with ``base="ambient"``.
 
 References:
-    Seed thesis section 4.2.3 (parameters ``sO2``, ``v_hb``, ``a_mie``, ``g``, ``d``; only the first three
+    thesis sec. 4.2.3 (parameters ``sO2``, ``v_hb``, ``a_mie``, ``g``, ``d``; only the first three
     recoverable). S. Wirkert et al., "Robust near real-time estimation of physiological parameters from megapixel
     multispectral images with inverse Monte Carlo and random forest regression", IJCARS 11 (2016). S. Prahl,
     "Optical absorption of hemoglobin" (OMLC, 1999). T. J. Farrell, M. S. Patterson, B. Wilson, Med. Phys. 19
@@ -346,8 +346,7 @@ class TissueSpectra(Simulator):
         return torch.stack([_interp(lam, self._lam_tab, e) for e in self._eps_tab])
 
     def _chunk(self, num_wavelengths: int) -> int:
-        """Rows per chunk: small enough that temporaries stay in cache and run without thread hand-offs (several
-        times faster than one large batch, most of all on a busy machine)."""
+        """Rows per chunk: small enough that temporaries stay in cache and run without thread hand-offs."""
         return max(1, CHUNK_ELEMENTS // (self.num_layers * num_wavelengths))
 
     def _reflectance(self, x: Tensor, lam: Tensor, eps: Tensor) -> Tensor:
