@@ -12,8 +12,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from sbi_inn import HDF5Dataset, diagnostics, load_hdf5
 from sbi_inn.cli import main
+from sbi_inn.registry import load_simulator
 
 SMALL = ["--blocks", "2", "--hidden", "32", "--batch-size", "256", "--threads", "1", "--quiet"]
 NAMES = ["rail", "angle1", "angle2", "angle3"]
@@ -105,20 +108,42 @@ def test_diagnose_writes_the_report(files, tmp_path, capsys):
                 "calibration_curve", "sbc_p_values", "zscore_mean", "contraction_mean", "map_error",
                 "resimulation_error_mean", "resimulation_error_median", "notes"):
         assert key in metrics, key
-    assert 0.0 <= metrics["calibration_error_median"] <= 0.5
     assert metrics["num_observations"] == 40 and metrics["num_samples"] == 100
     assert metrics["point_estimate"] == "mean_shift"
     assert metrics["simulator"]["name"] == "inverse_kinematics" and metrics["simulator"]["config"]["noise"] == 0.01
-    assert metrics["resimulation_error_mean"] > 0 and set(metrics["sbc_p_values"]) == set(NAMES)
+    assert set(metrics["sbc_p_values"]) == set(NAMES)
     table = pd.read_csv(report / "metrics.csv", index_col="parameter")
     assert list(table.index) == [*NAMES, "all"] and "calib_median" in table.columns
 
+    # the same numbers from the same samples (`sample` with the same seed), computed directly
+    assert run("sample", files["model"], "--obs", files["test"], "--rows", "0:40", "-n", 100, "-o",
+               tmp_path / "s.npy", "--quiet") == 0
+    samples = torch.from_numpy(np.load(tmp_path / "s.npy"))
+    test = load_hdf5(files["test"])
+    x, y = test["x"][:40], test["y"][:40]
+    calib = diagnostics.calibration_summary(samples, x)
+    assert metrics["calibration_error_median"] == pytest.approx(calib["median"], abs=1e-12)
+    assert metrics["calibration_error_signed"] == pytest.approx(calib["signed_mean"], abs=1e-12)
+    simulate = load_simulator("inverse_kinematics", noise=0.01).simulate
+    resim = diagnostics.resimulation_error(simulate, samples, y, generator=torch.Generator().manual_seed(0))
+    assert metrics["resimulation_error_mean"] == pytest.approx(float(resim.mean()), rel=1e-6)
+    assert metrics["resimulation_error_median"] == pytest.approx(float(resim.median()), rel=1e-6)
+
+    with pytest.raises(SystemExit) as exc:  # an earlier report is not overwritten without --force
+        run("diagnose", files["model"], "--data", files["test"], "-o", report, "--num-obs", 5, "--num-samples", 10)
+    assert exc.value.code == 2 and "--force" in capsys.readouterr().err
+    assert json.loads((report / "metrics.json").read_text()) == metrics
+
 
 def test_diagnose_on_the_training_file_says_so_and_rebuilds_a_named_simulator(files, tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "corner.png").write_text("an earlier report's figure")
     assert run("diagnose", files["model"], "--data", files["train"], "-o", tmp_path / "r", "--num-obs", 150,
-               "--num-samples", 20, "--simulator", "inverse_kinematics", "--config", "noise=0.01", "--quiet") == 0
+               "--num-samples", 20, "--simulator", "inverse_kinematics", "--config", "noise=0.01", "--force",
+               "--quiet") == 0
     out = capsys.readouterr().out
     assert "the file the model was trained on" in out
+    assert (tmp_path / "r" / "corner.png").read_bytes()[:4] == b"\x89PNG"  # replaced with --force
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["point_estimate"] == "median" and metrics["num_observations"] == 150
 
@@ -190,4 +215,13 @@ def test_set_valued_files_sample_and_diagnose_without_resimulation(tmp_path, cap
                tmp_path / "r", "--threads", 1, "--quiet") == 0
     assert "re-simulation skipped: set-valued" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["resimulation_error_mean"] is None and 0.0 <= metrics["calibration_error_median"] <= 0.5
+    assert metrics["resimulation_error_mean"] is None
+    # the calibration of the same samples (`sample` with the same seed and rows), computed directly
+    assert run("sample", model, "--obs", data, "--split", "test", "--rows", "0:30", "-n", 40, "-o",
+               tmp_path / "test_s.npy", "--quiet") == 0
+    samples = torch.from_numpy(np.load(tmp_path / "test_s.npy"))
+    x = HDF5Dataset(data, "test").get_batch(list(range(30)))[0]
+    calib = diagnostics.calibration_summary(samples, x)
+    assert metrics["calibration_error_median"] == pytest.approx(calib["median"], abs=1e-12)
+    assert list(metrics["calibration_error_per_parameter"].values()) == pytest.approx(
+        calib["median_per_parameter"].tolist(), abs=1e-12)
