@@ -2,13 +2,14 @@
 
 Each subcommand is two functions: ``_add_<name>(subcommands)`` declares its arguments and sets ``func`` to
 ``_run_<name>(args) -> int``. To add one, write both and append the ``_add_`` function to :data:`SUBCOMMANDS`.
-Errors caused by bad input (``ValueError``, ``TypeError``, ``KeyError``, missing files) end the program with exit
-code 2 and one line on stderr; an interrupted ``simulate`` (or ``train`` with ``--checkpoint-dir``) exits with 130
-and resumes when the same command is run again.
+Errors caused by bad input (``ValueError``, ``TypeError``, ``KeyError``, missing or existing files) end the program
+with exit code 2 and one line on stderr; an interrupted ``simulate`` (or ``train`` with ``--checkpoint-dir``) exits
+with 130 and resumes when the same command is run again.
 
-The commands follow the data flow: ``list`` and ``simulate`` (simulators -> HDF5), ``info`` (describe a file),
-``train`` (HDF5 -> posterior file), ``sample`` (posterior + observations -> samples as .npy/.h5/.csv) and
-``diagnose`` (posterior + test simulations -> metrics, tables and plots).
+The commands follow the data flow: ``list`` and ``simulate`` (simulators -> HDF5; a simulator is any entry of the
+``sbi_inn.simulators`` entry-point group, see :mod:`sbi_inn.registry`), ``info`` (describe a file), ``train``
+(HDF5 -> posterior file), ``sample`` (posterior + observations -> samples as .npy/.h5/.csv) and ``diagnose``
+(posterior + test simulations -> :func:`sbi_inn.diagnostics.report` -> metrics, tables and plots).
 
 Example:
     >>> main(["list"])  # doctest: +SKIP

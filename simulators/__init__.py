@@ -14,6 +14,8 @@ import importlib
 from simulators.base import Simulator
 
 # name -> "module:Class"; modules are imported lazily so a broken optional simulator cannot break the others.
+# pyproject.toml's [project.entry-points."sbi_inn.simulators"] names the same ones for sbi_inn's command line
+# (sbi_inn.registry); tests/test_registry.py checks that the two agree.
 _REGISTRY: dict[str, str] = {
     "gaussian_mixture": "simulators.gaussian_mixture:GaussianMixture",
     "inverse_kinematics": "simulators.inverse_kinematics:InverseKinematics",
