@@ -90,16 +90,53 @@ def test_split_first_layer_is_the_concatenation_of_eq_3_10():
 def test_orthogonal_and_seeded():
     q = random_orthogonal(6, torch.Generator().manual_seed(1))
     assert torch.allclose(q @ q.T, torch.eye(6), atol=1e-5)
+    assert not torch.allclose(q.abs(), torch.eye(6), atol=0.1)  # a rotation that mixes, not a signed identity
+    assert torch.equal(q, random_orthogonal(6, torch.Generator().manual_seed(1)))
     a = CouplingFlow(3, 0, FlowConfig(seed=5))
     b = CouplingFlow(3, 0, FlowConfig(seed=5))
+    c = CouplingFlow(3, 0, FlowConfig(seed=6))
     x = torch.randn(4, 3)
     assert torch.equal(a(x)[0], b(x)[0])
+    assert not torch.allclose(a(x)[0], c(x)[0], atol=1e-3)  # the seed sets the fixed rotations
 
 
 def test_permutation_mixing():
+    """A fresh flow with permutation mixing only permutes coordinates: same values per row, log-det 0."""
     flow = CouplingFlow(5, 0, FlowConfig(num_blocks=2, mixing="permute"))
     x = torch.randn(3, 5)
-    assert torch.allclose(flow.inverse(flow(x)[0])[0], x, atol=1e-6)
+    z, logdet = flow(x)
+    assert torch.equal(z.sort(1).values, x.sort(1).values) and not torch.equal(z, x)
+    assert torch.equal(logdet, torch.zeros(3))
+    assert torch.allclose(flow.inverse(z)[0], x, atol=1e-6)
+
+
+def test_jac_false_skips_the_log_det_but_not_the_map():
+    flow = CouplingFlow(4, 2, FlowConfig(num_blocks=2, hidden=8))
+    _randomise(flow)
+    x, c = torch.randn(6, 4), torch.randn(6, 2)
+    with torch.no_grad():
+        z, logdet = flow(x, c)
+        z_nojac, rest = flow(x, c, jac=False)  # only the fixed rotations' log|det| = 0 (up to rounding) is left
+    assert torch.equal(z_nojac, z) and float(rest.abs().max()) < 1e-5 and float(logdet.abs().min()) > 0.01
+
+
+def test_dropout_is_active_in_training_mode_only():
+    flow = CouplingFlow(4, 2, FlowConfig(num_blocks=2, hidden=32, dropout=0.5))
+    _randomise(flow)
+    x, c = torch.randn(8, 4), torch.randn(8, 2)
+    flow.train()
+    assert not torch.allclose(flow(x, c)[0], flow(x, c)[0])
+    flow.eval()
+    assert torch.equal(flow(x, c)[0], flow(x, c)[0])
+
+
+def test_config_dict_round_trip_rebuilds_the_same_flow():
+    cfg = FlowConfig(num_blocks=3, hidden=16, num_layers=2, activation="silu", clamp=1.5, mixing="permute", seed=3)
+    assert FlowConfig(**cfg.to_dict()) == cfg
+    a, b = CouplingFlow(4, 2, cfg), CouplingFlow(4, 2, FlowConfig(**cfg.to_dict()))
+    b.load_state_dict(a.state_dict())
+    x, c = torch.randn(5, 4), torch.randn(5, 2)
+    assert torch.equal(a(x, c)[0], b(x, c)[0])
 
 
 def test_bad_arguments():
@@ -109,6 +146,15 @@ def test_bad_arguments():
         FlowConfig(activation="nope")
     with pytest.raises(ValueError, match="clamp"):
         FlowConfig(clamp=0)
+    for bad in ({"num_blocks": 0}, {"hidden": 0}, {"num_layers": 0}):
+        with pytest.raises(ValueError, match="num_blocks, hidden and num_layers"):
+            FlowConfig(**bad)
+    with pytest.raises(ValueError, match="mixing"):
+        FlowConfig(mixing="learned")
+    with pytest.raises(ValueError, match="dropout"):
+        FlowConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="takes no condition"):
+        CouplingFlow(3)(torch.randn(4, 3), torch.randn(4, 2))
     flow = CouplingFlow(3, 2, FlowConfig(num_blocks=1))
     with pytest.raises(ValueError, match="condition"):
         flow(torch.randn(4, 3))
