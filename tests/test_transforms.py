@@ -1,8 +1,10 @@
+"""Support transforms and standardisation: round trips, log-determinants, densities, buffers."""
+
 import math
 
+import pytest
 import torch
 
-from sbi_inn.priors import BoxUniform, IndependentPrior, as_prior, describe_prior, support_bounds
 from sbi_inn.transforms import Standardize, SupportTransform, standard_normal_log_prob
 
 INF = math.inf
@@ -45,37 +47,44 @@ def test_standardize_fit_and_mask():
     out = s(data)
     assert torch.allclose(out[:, :2].mean(0), torch.zeros(2), atol=1e-5)
     assert torch.allclose(out[:, :2].std(0, unbiased=False), torch.ones(2), atol=1e-4)
-    assert torch.isfinite(out).all()  # a constant column keeps std 1
+    assert s.std[2] == 1.0 and torch.allclose(out[:, 2], torch.zeros(1000), atol=1e-5)  # a constant column: std 1
     assert torch.allclose(s.inverse(out), data, atol=1e-4)
+    assert s.log_abs_det() == pytest.approx(-math.log(float(s.std[0])) - math.log(float(s.std[1])), rel=1e-6)
     sets = torch.randn(50, 10, 2) + 3
     mask = torch.arange(10)[None] < torch.randint(1, 11, (50,))[:, None]
     sets_padded = torch.where(mask[..., None], sets, torch.zeros_like(sets))
     s2 = Standardize(2).fit(sets_padded, mask)
     assert torch.allclose(s2.mean, sets[mask].mean(0), atol=1e-5)
+    assert torch.allclose(s2.std, sets[mask].std(0, unbiased=False), atol=1e-5)  # padding rows are not counted
 
 
-def test_support_bounds_and_describe():
-    lo, hi = support_bounds(BoxUniform([0.0, -1.0], [1.0, 1.0]))
-    assert lo.tolist() == [0.0, -1.0] and hi.tolist() == [1.0, 1.0]
-    prior = as_prior([torch.distributions.Uniform(0.0, 2.0), torch.distributions.LogNormal(0.0, 1.0),
-                      torch.distributions.Normal(0.0, 1.0)])
-    assert isinstance(prior, IndependentPrior)
-    lo, hi = support_bounds(prior)
-    assert lo.tolist() == [0.0, 0.0, -INF] and hi.tolist() == [2.0, INF, INF]
-    assert prior.sample((7,)).shape == (7, 3)
-    assert prior.log_prob(torch.tensor([[1.0, 1.0, 0.0]])).shape == (1,)
-    d = describe_prior(prior)
-    assert d["class"] == "IndependentPrior" and len(d["marginals"]) == 3
+def test_bounds_map_each_kind_of_dimension_by_its_formula():
+    """[0, 1]: sigmoid; [0, inf): lo + exp(u); (-inf, inf): identity; (-inf, 2]: hi - exp(u)."""
+    t = _mixed()
+    u = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, -1.0, 5.0, 1.0]])
+    expected = torch.stack([torch.sigmoid(u[:, 0]), torch.exp(u[:, 1]), u[:, 2], 2 - torch.exp(u[:, 3])], 1)
+    torch.testing.assert_close(t(u), expected)
+    # points on or outside the boundary are clipped just inside, so their u is finite
+    edge = torch.tensor([[0.0, 0.0, 1.0, 2.0], [1.5, -1.0, 1.0, 3.0]])
+    assert torch.isfinite(t.inverse(edge)).all()
+    assert t.contains(edge).tolist() == [True, False]
 
 
-def test_bad_priors():
-    import pytest
+def test_bounds_are_buffers_that_follow_the_module():
+    t = SupportTransform(torch.tensor([0.0, -math.inf]), torch.tensor([1.0, math.inf]))
+    s = Standardize((2, 3))
+    assert set(t.state_dict()) == {"lo", "hi"} and set(s.state_dict()) == {"mean", "std"}
+    assert t.double().lo.dtype == torch.float64 and s.double().std.shape == (2, 3)
 
-    with pytest.raises(TypeError, match="Distribution"):
-        as_prior("normal")
-    with pytest.raises(ValueError, match="event shape"):
-        as_prior(torch.distributions.Normal(torch.zeros(3), 1.0))
-    with pytest.raises(ValueError, match="scalar"):
-        IndependentPrior([torch.distributions.Normal(torch.zeros(2), 1.0)])
-    with pytest.raises(ValueError, match="high"):
-        BoxUniform([1.0], [0.0])
+
+def test_bad_bounds():
+    with pytest.raises(ValueError, match="1-D of equal length"):
+        SupportTransform(torch.zeros(2), torch.ones(3))
+    with pytest.raises(ValueError, match="must exceed"):
+        SupportTransform(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0]))
+
+
+def test_standard_normal_log_prob():
+    z = torch.tensor([[0.0, 0.0], [1.0, -2.0]])
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(standard_normal_log_prob(z), expected)
