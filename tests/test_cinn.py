@@ -15,8 +15,6 @@ from sbi_inn.transforms import standard_normal_log_prob
 INF = math.inf
 
 
-
-
 def make_model(D, lo=None, hi=None, *, seed=0, scale=0.15, blocks=3, obs_dim=3, **kw):
     """A small model whose weights are randomised (a fresh flow is the identity), standardisation included."""
     torch.manual_seed(seed)
@@ -238,3 +236,69 @@ def test_custom_summary_saves_weights_and_loads_with_the_module(tmp_path):
                       obs_shape=(3,)).save(tmp_path / "q.sbi")
     with pytest.raises(ValueError, match="only for posteriors trained with a custom"):
         load_posterior(plain, summary=Net())
+
+
+# -- the summary network inside the model -----------------------------------------------------------------------------
+def test_model_condition_on_sets_is_invariant(gen):
+    torch.manual_seed(1)
+    model = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=2, hidden=8), summary_dim=4,
+                           summary_hidden=8)
+    y = torch.randn(50, 6, 3, generator=gen)
+    sizes = torch.randint(1, 7, (50,), generator=gen)
+    model.fit_standardization(torch.randn(50, 2, generator=gen), y, sizes)
+    c = model.condition(y, sizes)
+    # padded entries are ignored even when they hold garbage and the padding grows
+    y2 = torch.cat([y, torch.randn(50, 3, 3, generator=gen)], 1)
+    torch.testing.assert_close(model.condition(y2, sizes), c, rtol=1e-5, atol=1e-6)
+    perm = torch.randperm(6, generator=gen)
+    full = torch.full((50,), 6)
+    torch.testing.assert_close(model.condition(y[:, perm], full), model.condition(y, full), rtol=1e-5, atol=1e-6)
+
+
+def test_custom_summary_module_is_used():
+    class Mean(torch.nn.Module):
+        out_dim = 3
+
+        def forward(self, y, mask):
+            w = mask[..., None].float()
+            return (y * w).sum(1) / w.sum(1)
+
+    model = ConditionalINN(2, (3,), is_set_valued=True, summary=Mean(), flow=FlowConfig(num_blocks=1, hidden=4))
+    y = torch.arange(24.0).reshape(2, 4, 3)
+    c = model.condition(y, torch.tensor([1, 4]))  # standardisation not fitted: the identity
+    torch.testing.assert_close(c, torch.stack([y[0, 0], y[1].mean(0)]))  # the module, with the sizes' mask
+    assert model.config()["summary"] == {"kind": "custom", "dim": 3, "class": f"{__name__}.{Mean.__qualname__}"}
+    with pytest.raises(ValueError, match="out_dim"):
+        ConditionalINN(2, (3,), summary=torch.nn.Linear(3, 2))
+
+
+def test_summary_pool_is_saved_and_old_configs_load_as_the_mean_pool():
+    model = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=1, hidden=4), summary_hidden=8,
+                           summary_pool="mean")
+    cfg = model.config()
+    assert cfg["summary"]["pool"] == "mean"
+    assert ConditionalINN.from_config(cfg).summary.pool == "mean"
+    assert ConditionalINN(2, (3,), is_set_valued=True, summary_hidden=8).config()["summary"]["pool"] == "mean_std"
+    del cfg["summary"]["pool"]  # a file written before the spread pool existed
+    assert ConditionalINN.from_config(cfg).summary.pool == "mean"
+    assert "pool" not in ConditionalINN(2, (3,), summary_hidden=8).config()["summary"]  # MLP summaries have none
+
+
+def test_fit_standardization_works_in_the_unconstrained_space_and_summary_none_is_the_standardised_y(gen):
+    lo, hi = torch.tensor([0.0, -INF]), torch.tensor([1.0, INF])
+    model = ConditionalINN(2, (3,), support_low=lo, support_high=hi, summary="none",
+                           flow=FlowConfig(num_blocks=1, hidden=4))
+    x = torch.stack([torch.rand(500, generator=gen), 3 + 2 * torch.randn(500, generator=gen)], 1)
+    y = 5 + 10 * torch.randn(500, 3, generator=gen)
+    model.fit_standardization(x, y)
+    u = model.support.inverse(x)  # logit of the first parameter, identity for the second
+    torch.testing.assert_close(model.x_standardize.mean, u.mean(0))
+    torch.testing.assert_close(model.x_standardize.std, u.std(0, unbiased=False))
+    torch.testing.assert_close(model.condition(y[:4]), (y[:4] - y.mean(0)) / y.std(0, unbiased=False))
+    sets = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=1, hidden=4), summary_hidden=8)
+    ys = torch.randn(200, 6, 3, generator=gen) + 4
+    sizes = torch.randint(1, 7, (200,), generator=gen)
+    ys[torch.arange(6)[None] >= sizes[:, None]] = 1e6  # padding must not enter the statistics
+    sets.fit_standardization(torch.randn(200, 2, generator=gen), ys, sizes)
+    valid = ys[torch.arange(6)[None] < sizes[:, None]]
+    torch.testing.assert_close(sets.y_standardize.mean, valid.mean(0))

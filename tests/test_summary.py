@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from sbi_inn.cinn import ConditionalINN
-from sbi_inn.flows import FlowConfig
-from sbi_inn.summary import DeepSetSummary, MLPSummary
+from sbi_inn.summary import DeepSetSummary, MLPSummary, mlp
 
 
 @pytest.fixture
@@ -14,12 +12,24 @@ def deepset():
     return DeepSetSummary(3, 5, hidden=16, num_layers=2).eval()
 
 
-def test_mlp_summary_shapes_and_flattening():
+def test_mlp_summary_shapes_and_flattening(gen):
     net = MLPSummary(6, 4, hidden=8, num_layers=1)
-    assert net(torch.randn(7, 6)).shape == (7, 4)
-    assert net(torch.randn(7, 2, 3)).shape == (7, 4)  # observations of any shape are flattened
-    with pytest.raises(ValueError):
+    y = torch.randn(7, 2, 3, generator=gen)
+    out = net(y)
+    assert out.shape == (7, 4)
+    torch.testing.assert_close(out, net(y.reshape(7, 6)))  # observations of any shape are flattened row-major
+    torch.testing.assert_close(out[2:3], net(y[2:3]))      # each row on its own: no mixing across the batch
+    with pytest.raises(ValueError, match="MLPSummary"):
         MLPSummary(0, 4)
+
+
+def test_mlp_builder_depth_and_activation():
+    net = mlp(3, 2, hidden=5, num_layers=2, activation="tanh")
+    assert [type(m).__name__ for m in net] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+    assert (net[0].in_features, net[-1].out_features) == (3, 2)
+    assert len(mlp(3, 2, hidden=5, num_layers=0)) == 1  # no hidden layer: one linear map
+    with pytest.raises(ValueError, match="activation"):
+        mlp(3, 2, 5, 1, activation="swish")
 
 
 def test_deepset_permutation_invariance(deepset, gen):
@@ -61,38 +71,6 @@ def test_deepset_shape_errors(deepset):
         deepset(torch.randn(2, 4, 3), torch.ones(2, 5, dtype=torch.bool))
 
 
-def test_model_condition_on_sets_is_invariant(gen):
-    torch.manual_seed(1)
-    model = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=2, hidden=8), summary_dim=4,
-                           summary_hidden=8)
-    y = torch.randn(50, 6, 3, generator=gen)
-    sizes = torch.randint(1, 7, (50,), generator=gen)
-    model.fit_standardization(torch.randn(50, 2, generator=gen), y, sizes)
-    c = model.condition(y, sizes)
-    # padded entries are ignored even when they hold garbage and the padding grows
-    y2 = torch.cat([y, torch.randn(50, 3, 3, generator=gen)], 1)
-    torch.testing.assert_close(model.condition(y2, sizes), c, rtol=1e-5, atol=1e-6)
-    perm = torch.randperm(6, generator=gen)
-    full = torch.full((50,), 6)
-    torch.testing.assert_close(model.condition(y[:, perm], full), model.condition(y, full), rtol=1e-5, atol=1e-6)
-
-
-def test_custom_summary_module_is_used():
-    class Mean(torch.nn.Module):
-        out_dim = 3
-
-        def forward(self, y, mask):
-            w = mask[..., None].float()
-            return (y * w).sum(1) / w.sum(1)
-
-    model = ConditionalINN(2, (3,), is_set_valued=True, summary=Mean(), flow=FlowConfig(num_blocks=1, hidden=4))
-    c = model.condition(torch.ones(2, 4, 3), torch.tensor([1, 4]))
-    assert c.shape == (2, 3)
-    assert model.config()["summary"] == {"kind": "custom", "dim": 3, "class": f"{__name__}.{Mean.__qualname__}"}
-    with pytest.raises(ValueError, match="out_dim"):
-        ConditionalINN(2, (3,), summary=torch.nn.Linear(3, 2))
-
-
 @pytest.mark.parametrize("num_layers", [0, 1, 2])
 @pytest.mark.parametrize("pool", ["mean", "mean_std"])
 def test_deepset_equals_the_pools_of_psi(num_layers, pool, gen):
@@ -132,15 +110,3 @@ def test_spread_pool_sees_the_spread_and_one_member_sets_have_finite_gradients(g
     assert all(torch.isfinite(g).all() for g in grads)
     with pytest.raises(ValueError, match="pool"):
         DeepSetSummary(1, 4, pool="max")
-
-
-def test_summary_pool_is_saved_and_old_configs_load_as_the_mean_pool():
-    model = ConditionalINN(2, (3,), is_set_valued=True, flow=FlowConfig(num_blocks=1, hidden=4), summary_hidden=8,
-                           summary_pool="mean")
-    cfg = model.config()
-    assert cfg["summary"]["pool"] == "mean"
-    assert ConditionalINN.from_config(cfg).summary.pool == "mean"
-    assert ConditionalINN(2, (3,), is_set_valued=True, summary_hidden=8).config()["summary"]["pool"] == "mean_std"
-    del cfg["summary"]["pool"]  # a file written before the spread pool existed
-    assert ConditionalINN.from_config(cfg).summary.pool == "mean"
-    assert "pool" not in ConditionalINN(2, (3,), summary_hidden=8).config()["summary"]  # MLP summaries have none
