@@ -1,3 +1,5 @@
+"""The eight-mode Gaussian mixture with grouped labels (thesis sec. 4.2.1, Fig. 4.2): exact likelihood and posterior."""
+
 import math
 
 import pytest
@@ -52,6 +54,14 @@ def test_log_likelihood_is_log_of_label_probability(sim, gen):
     # the midpoint between modes 3 (label 0) and 4 (label 1) is ambiguous: half-half
     mid = 0.5 * (sim.means[3] + sim.means[4])
     assert math.isclose(sim.log_likelihood(torch.tensor([1.0, 0, 0, 0]), mid[None]).exp().item(), 0.5, abs_tol=1e-4)
+
+
+def test_config_round_trip_and_custom_layout():
+    sim = get_simulator("gaussian_mixture", radius=2.0, sigma=0.1, labels=(0, 1, 1, 2))
+    again = get_simulator("gaussian_mixture", **sim.config())
+    assert again.config() == sim.config() == {"radius": 2.0, "sigma": 0.1, "labels": [0, 1, 1, 2]}
+    assert sim.obs_dim == 3 and torch.allclose(sim.means.norm(dim=1), torch.full((4,), 2.0))
+    assert torch.allclose(sim.means[1], torch.tensor([2.0, 0.0]), atol=1e-6)  # clockwise: the second mode to the right
 
 
 def test_bad_inputs(sim):

@@ -1,18 +1,11 @@
+"""The 4-DoF inverse-kinematics arm (thesis sec. 4.2.2, eqs. 4.3-4.4; app. B.3)."""
+
 import math
 
 import pytest
 import torch
 
-from simulators import get_simulator, list_simulators
-
-
-def test_registry_lists_all_simulators():
-    expected = {"gaussian_mixture", "inverse_kinematics", "tissue_spectra", "gaussian_sets", "ddm"}
-    assert expected <= set(list_simulators())
-    with pytest.raises(KeyError, match="known simulators"):
-        get_simulator("no_such_thing")
-    with pytest.raises(TypeError):
-        get_simulator("inverse_kinematics", nosie=0.1)
+from simulators import get_simulator
 
 
 def test_zero_pose_ends_at_0_2():
