@@ -35,7 +35,6 @@ References:
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import math
 import os
@@ -49,10 +48,10 @@ import h5py
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
-from sbi_inn.priors import describe_prior, prior_for
+from sbi_inn.priors import describe_prior
+from sbi_inn.simulation import Chunk, SeedTree, Simulation, simulate_chunks
 
 FORMAT = "sbi_inn.simulations"
 FORMAT_VERSION = 1
@@ -91,7 +90,8 @@ def simulate_to_hdf5(
         num_simulations: number of simulations (parameter draws) the file should hold; a file holding at least
             that many is returned as is, a smaller one is extended.
         path: HDF5 file to write; missing directories are created.
-        seed: non-negative integer; chunk ``i`` derives its seeds from ``(seed, i)`` (see :func:`chunk_seeds`).
+        seed: non-negative integer; chunk ``i`` draws from the ``simulation`` stream of ``SeedTree(seed)``
+            (``sbi_inn.simulation``), as ``fit_posterior`` does in memory.
         chunk_size: simulations per chunk (the unit of resumption and of per-chunk seeding).
         resume: continue a matching existing file; ``False`` replaces it (once the first chunk is done).
         on_invalid: rows with NaN/inf observations are ``"drop"``-ped and counted (a warning reports the count),
@@ -115,48 +115,41 @@ def simulate_to_hdf5(
     seed = _check_int("seed", seed, 0)
     if on_invalid not in _ON_INVALID:
         raise ValueError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
-    if not callable(simulate):
-        raise TypeError(f"simulate must be a Simulator or a callable x -> y, got {type(simulate).__name__}")
-    if simulator_config is not None and not isinstance(simulator_config, dict):
-        raise TypeError(f"simulator_config must be a dict, got {type(simulator_config).__name__}")
-    prior = prior_for(simulate, prior)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path {str(path)!r} is a directory; give a file name such as {str(path / 'sims.h5')!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    sim = _SimulatorAdapter(simulate, prior, simulator_name, simulator_config)
-    header = sim.header(seed, chunk_size)
-    writer = _Writer(path, header, sim)
+    if isinstance(simulate, Simulation):  # already adapted (fit_posterior): its prior and metadata are used
+        if prior is not None or simulator_name is not None or simulator_config is not None:
+            raise TypeError("simulate_to_hdf5: a Simulation carries its prior, name and configuration")
+        sim = simulate
+    else:
+        sim = Simulation(simulate, prior, name=simulator_name, config=simulator_config)
+    writer = _Writer(path, _header(sim, seed, chunk_size), sim)
     if path.exists() and resume:
         writer.open_existing()
     tmp_path = path.with_name(path.name + ".tmp")
     new = new_invalid = 0
-    bar = None
     try:
         writer.rollback_partial_tail(num_simulations)
-        bar = tqdm(total=num_simulations, initial=min(writer.num_simulated, num_simulations), unit="sim",
-                   disable=not show_progress, desc=path.name, dynamic_ncols=True)
-        while writer.num_simulated < num_simulations:
-            i = writer.chunks_done
-            n = min(chunk_size, num_simulations - i * chunk_size)
-            chunk = sim.run_chunk(i, n, seed)
-            n_invalid = chunk.check(on_invalid, writer.rows == 0)
+        chunks = simulate_chunks(sim, num_simulations, chunk_size=chunk_size, seeds=SeedTree(seed).chunk_seeds,
+                                 first_chunk=writer.chunks_done, show_progress=show_progress, desc=path.name,
+                                 initial=min(writer.num_simulated, num_simulations))
+        for i, chunk in enumerate(chunks, start=writer.chunks_done):
+            rows = _check_invalid(chunk, i, on_invalid, writer.rows == 0)
             if writer.file is None:
                 writer.create(tmp_path, chunk)
-            writer.append(chunk, num_requested=num_simulations)
+            writer.append(rows, len(chunk), chunk.num_invalid, num_requested=num_simulations)
             if writer.created_at_tmp:
                 writer.close()
                 os.replace(tmp_path, path)
                 writer.created_at_tmp = False
                 writer.open_existing()
-            new += n
-            new_invalid += n_invalid
-            bar.update(n)
+            new += len(chunk)
+            new_invalid += chunk.num_invalid
         writer.finish(num_simulations)
     finally:
-        if bar is not None:
-            bar.close()
         writer.close()
         if writer.created_at_tmp and tmp_path.exists():
             tmp_path.unlink()
@@ -170,181 +163,39 @@ def simulate_to_hdf5(
             "completed": writer.num_simulated >= num_simulations}
 
 
-def call_simulator(fn: Callable, x: Tensor, seed: int, *, takes_generator: bool, use_numpy: bool):
-    """Call a user simulator reproducibly on parameters ``x`` ``(n, D)``; returns ``(output, use_numpy)``.
-
-    A simulator that takes a ``generator`` keyword gets one seeded with ``seed``; any other runs with torch's and
-    numpy's global RNGs seeded and restored afterwards. A simulator that fails on a tensor (``TypeError`` or
-    ``AttributeError``) is retried with a numpy array, and ``use_numpy=True`` is returned so later calls skip the try.
-    """
-    def call(arg):
-        if takes_generator:
-            return fn(arg, generator=torch.Generator().manual_seed(seed))
-        np_state = np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                np.random.seed(seed % 2**32)
-                return fn(arg)
-        finally:
-            np.random.set_state(np_state)
-
-    if use_numpy:
-        return call(x.numpy().copy()), True
-    try:
-        return call(x), False
-    except (TypeError, AttributeError) as err:  # a numpy-only simulator
-        try:
-            out = call(x.numpy().copy())
-        except Exception:
-            raise err from None
-        return out, True
+def _check_invalid(chunk: Chunk, index: int, on_invalid: str, nothing_valid_yet: bool) -> Chunk:
+    """Apply ``on_invalid`` to chunk ``index``; return the rows to write."""
+    n, n_bad = len(chunk), chunk.num_invalid
+    if n_bad == 0:
+        return chunk
+    if on_invalid == "raise":
+        raise ValueError(f"{n_bad} of {n} simulations in chunk {index} returned NaN or inf, e.g. for "
+                         f"parameters x = {chunk.example()}; use on_invalid='drop' to skip such rows")
+    if n_bad == n and (n >= _ALL_INVALID_MIN_ROWS or nothing_valid_yet):
+        raise ValueError(f"all {n} simulations in chunk {index} returned NaN or inf (e.g. for x = "
+                         f"{chunk.example()}); the simulator looks broken")
+    return chunk if on_invalid == "keep" else chunk.rows(chunk.valid)
 
 
-def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
-    """Seeds ``(prior_seed, simulator_seed)`` of chunk ``chunk`` of a run with ``seed``.
-
-    They are ``numpy.random.SeedSequence(seed).spawn(chunk + 1)[chunk].generate_state(2, uint64)`` reduced to 63
-    bits, so they depend on ``(seed, chunk)`` only.
-    """
-    state = np.random.SeedSequence(seed, spawn_key=(chunk,)).generate_state(2, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1)), int(state[1] >> np.uint64(1))
-
-
-class _Chunk:
-    """The simulated pairs of one chunk, with the validity of each row."""
-
-    def __init__(self, index: int, x: Tensor, y: Tensor, sizes: Tensor | None):
-        self.index, self.x, self.y, self.sizes = index, x, y, sizes
-        finite = torch.isfinite(y)
-        if sizes is None:
-            self.valid = finite.all(-1)
-        else:
-            in_set = torch.arange(y.shape[1])[None, :] < sizes[:, None]
-            self.valid = (finite | ~in_set[..., None]).all(-1).all(-1)
-        self.kept = torch.ones(len(x), dtype=torch.bool)
-
-    @property
-    def num_invalid(self) -> int:
-        return int((~self.valid).sum())
-
-    def check(self, on_invalid: str, nothing_valid_yet: bool) -> int:
-        """Apply ``on_invalid``; return the number of invalid rows."""
-        n, n_bad = len(self.x), self.num_invalid
-        if n_bad == 0:
-            return 0
-        example = self.x[int(torch.nonzero(~self.valid)[0, 0])].tolist()
-        if on_invalid == "raise":
-            raise ValueError(f"{n_bad} of {n} simulations in chunk {self.index} returned NaN or inf, e.g. for "
-                             f"parameters x = {example}; use on_invalid='drop' to skip such rows")
-        if n_bad == n and (n >= _ALL_INVALID_MIN_ROWS or nothing_valid_yet):
-            raise ValueError(f"all {n} simulations in chunk {self.index} returned NaN or inf (e.g. for x = "
-                             f"{example}); the simulator looks broken")
-        if on_invalid == "drop":
-            self.kept = self.valid
-        return n_bad
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        x, y = self.x[self.kept], self.y[self.kept]
-        if self.sizes is None:
-            return {"x": x.numpy(), "y": y.numpy()}
-        sizes = self.sizes[self.kept]
-        mask = torch.arange(y.shape[1])[None, :] < sizes[:, None]
-        return {"x": x.numpy(), "y": y[mask].reshape(-1, y.shape[-1]).numpy(), "sizes": sizes.numpy()}
+def _arrays(chunk: Chunk) -> dict[str, np.ndarray]:
+    """The rows of ``chunk`` as stored: sets ragged (members of all sets one after another) with their sizes."""
+    x, y = chunk.x.cpu(), chunk.y.cpu()
+    if chunk.sizes is None:
+        return {"x": x.numpy(), "y": y.numpy()}
+    sizes = chunk.sizes.cpu()
+    mask = torch.arange(y.shape[1])[None, :] < sizes[:, None]
+    return {"x": x.numpy(), "y": y[mask].reshape(-1, y.shape[-1]).numpy(), "sizes": sizes.numpy()}
 
 
-class _SimulatorAdapter:
-    """Calls a Simulator or a user callable reproducibly and checks what it returns."""
-
-    def __init__(self, simulate, prior, name, config):
-        self.prior = prior
-        self.param_dim = int(prior.event_shape[0])
-        if hasattr(simulate, "config") and hasattr(simulate, "is_set_valued"):  # a simulators.Simulator
-            self.fn = simulate.simulate
-            self.name = name or simulate.name
-            self.config = simulate.config() if config is None else config
-            self.param_names = list(getattr(simulate, "param_names", []) or [])
-            self.obs_names = list(getattr(simulate, "obs_names", []) or [])
-            self.is_set_valued: bool | None = bool(simulate.is_set_valued)
-            self.takes_generator = True
-        else:
-            self.fn = simulate
-            self.name = name or getattr(simulate, "__name__", type(simulate).__name__)
-            self.config = {} if config is None else config
-            self.param_names, self.obs_names = [], []
-            self.is_set_valued = None
-            self.takes_generator = _accepts_keyword(simulate, "generator")
-        if self.param_names and len(self.param_names) != self.param_dim:
-            raise ValueError(f"the prior has {self.param_dim} dimensions but the simulator {self.name!r} takes "
-                             f"{len(self.param_names)} parameters ({', '.join(self.param_names)})")
-        self.param_names = self.param_names or [f"x{i}" for i in range(self.param_dim)]
-        try:
-            self.config_json = json.dumps(self.config, sort_keys=True)
-        except TypeError as err:
-            raise TypeError(f"simulator configuration must be JSON-serialisable: {err}") from None
-        self.use_numpy = False
-        self.file_hint = ""  # set when the expected output comes from an existing file
-
-    def header(self, seed: int, chunk_size: int) -> dict[str, Any]:
-        return {"simulator": self.name, "simulator_config": self.config_json, "seed": seed,
-                "chunk_size": chunk_size, "param_dim": self.param_dim,
-                "prior": json.dumps(describe_prior(self.prior), sort_keys=True)}
-
-    def run_chunk(self, index: int, n: int, seed: int) -> _Chunk:
-        prior_seed, sim_seed = chunk_seeds(seed, index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(prior_seed)
-            x = self.prior.sample((n,))
-        x = torch.as_tensor(x).to(torch.float32)
-        if x.shape != (n, self.param_dim):
-            raise ValueError(f"prior.sample(({n},)) returned shape {tuple(x.shape)}, expected ({n}, {self.param_dim})")
-        out = self._call(x, sim_seed)
-        return self._parse(index, x, out)
-
-    def _call(self, x: Tensor, sim_seed: int):
-        out, self.use_numpy = call_simulator(self.fn, x, sim_seed, takes_generator=self.takes_generator,
-                                             use_numpy=self.use_numpy)
-        return out
-
-    def _parse(self, index: int, x: Tensor, out) -> _Chunk:
-        n = len(x)
-        is_set = isinstance(out, (tuple, list)) and len(out) == 2 if self.is_set_valued is None else self.is_set_valued
-        if is_set:
-            if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                raise ValueError(f"set-valued simulator {self.name!r} must return (y, sizes), got "
-                                 f"{type(out).__name__}{self.file_hint}")
-            y, sizes = _as_float32(out[0]), torch.as_tensor(np.asarray(out[1]))
-            if y.ndim != 3 or y.shape[0] != n:
-                raise ValueError(f"simulator {self.name!r} returned y of shape {tuple(y.shape)}, expected "
-                                 f"({n}, K, M) for a set-valued simulator with {n} parameter rows")
-            if sizes.shape != (n,) or sizes.is_floating_point() and not torch.equal(sizes, sizes.round()):
-                raise ValueError(f"simulator {self.name!r} returned sizes of shape {tuple(sizes.shape)} "
-                                 f"(dtype {sizes.dtype}), expected integer sizes of shape ({n},)")
-            sizes = sizes.to(torch.int64)
-            if n and (sizes.min() < 0 or sizes.max() > y.shape[1]):
-                raise ValueError(f"simulator {self.name!r} returned set sizes outside [0, {y.shape[1]}]")
-        else:
-            if isinstance(out, tuple):
-                raise ValueError(f"simulator {self.name!r} returned a tuple, expected an array y of shape ({n}, M) "
-                                 f"for a simulator that is not set-valued{self.file_hint}")
-            y, sizes = _as_float32(out), None
-            if y.ndim != 2 or y.shape[0] != n:
-                hint = " (use y[:, None] for a scalar observation)" if y.ndim == 1 else ""
-                raise ValueError(f"simulator {self.name!r} returned shape {tuple(y.shape)}, expected ({n}, M) for "
-                                 f"{n} parameter rows{hint}")
-        if self.is_set_valued is None:
-            self.is_set_valued = bool(is_set)
-        if self.obs_names and y.shape[-1] != len(self.obs_names):
-            raise ValueError(f"simulator {self.name!r} returned {y.shape[-1]} observation dimensions, expected "
-                             f"{len(self.obs_names)} ({', '.join(self.obs_names)}){self.file_hint}")
-        self.obs_names = self.obs_names or [f"y{j}" for j in range(y.shape[-1])]
-        return _Chunk(index, x, y, sizes)
+def _header(sim: Simulation, seed: int, chunk_size: int) -> dict[str, Any]:
+    return {"simulator": sim.name, "simulator_config": sim.config_json, "seed": seed, "chunk_size": chunk_size,
+            "param_dim": sim.param_dim, "prior": json.dumps(describe_prior(sim.prior), sort_keys=True)}
 
 
 class _Writer:
     """The open output file and its committed state."""
 
-    def __init__(self, path: Path, header: dict[str, Any], sim: _SimulatorAdapter):
+    def __init__(self, path: Path, header: dict[str, Any], sim: Simulation):
         self.path, self.header, self.sim = path, header, sim
         self.file: h5py.File | None = None
         self.created_at_tmp = False
@@ -400,7 +251,7 @@ class _Writer:
         if self.sim.is_set_valued is None:  # a plain callable: the file tells what it returned
             self.sim.is_set_valued = bool(f.attrs["is_set_valued"])
             self.sim.obs_names = json.loads(f.attrs["obs_names"])
-            self.sim.file_hint = (f" as recorded in the file (different obs_dim or set-valuedness){hint}")
+            self.sim.expectation_hint = f" as recorded in the file (different obs_dim or set-valuedness){hint}"
 
     def _truncate(self) -> None:
         """Drop rows past the last committed chunk (a chunk interrupted while being written)."""
@@ -425,7 +276,7 @@ class _Writer:
                 self.file.flush()
                 self._truncate()
 
-    def create(self, tmp_path: Path, chunk: _Chunk) -> None:
+    def create(self, tmp_path: Path, chunk: Chunk) -> None:
         f = self.file = h5py.File(tmp_path, "w")
         self.created_at_tmp = True
         sim, d, m = self.sim, self.sim.param_dim, chunk.y.shape[-1]
@@ -446,8 +297,9 @@ class _Writer:
             f["offsets"][0] = 0
         f.flush()
 
-    def append(self, chunk: _Chunk, num_requested: int) -> None:
-        f, arrays = self.file, chunk.arrays()
+    def append(self, chunk: Chunk, num_simulated: int, num_invalid: int, num_requested: int) -> None:
+        """Write the rows of ``chunk`` (``num_simulated`` simulations, ``num_invalid`` of them invalid) and commit."""
+        f, arrays = self.file, _arrays(chunk)
         rows, k = self.rows, len(arrays["x"])
         _extend(f["x"], rows, arrays["x"])
         if "sizes" in arrays:
@@ -459,7 +311,7 @@ class _Writer:
         else:
             _extend(f["y"], rows, arrays["y"])
             n_set_rows = 0
-        stat = np.array([[len(chunk.x), k, chunk.num_invalid, n_set_rows]], dtype=np.int64)
+        stat = np.array([[num_simulated, k, num_invalid, n_set_rows]], dtype=np.int64)
         _extend(f["chunk_stats"], self.chunks_done, stat)
         f.flush()  # the rows are on disk before the commit below
         self.stats = np.concatenate([self.stats, stat])
@@ -522,6 +374,8 @@ class HDF5Dataset(torch.utils.data.Dataset):
         seed: seed of the permutation of row indices that defines the splits; the same ``(seed, fractions)`` and
             row count give the same, disjoint splits (extending the file changes them).
         max_rows: use only the first ``max_rows`` committed rows (all when ``None``).
+        indices: explicit file-row indices (sorted, unique) instead of ``split`` and ``fractions``; this is how
+            ``fit_posterior`` streams its train / validation split, the same rows it would use in memory.
 
     Example:
         >>> loader = torch.utils.data.DataLoader(HDF5Dataset("ik.h5"), batch_size=256, shuffle=True,
@@ -529,7 +383,8 @@ class HDF5Dataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, split: str = "train", *,
-                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, max_rows: int | None = None):
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, max_rows: int | None = None,
+                 indices: Sequence[int] | None = None):
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
         fractions = _check_fractions(fractions)
@@ -546,7 +401,14 @@ class HDF5Dataset(torch.utils.data.Dataset):
                 self._sizes = f["sizes"][: self.num_file_rows]
                 self._offsets = f["offsets"][: self.num_file_rows + 1]
         self.max_set_size = int(max(self._sizes.max(initial=0), 1)) if self._sizes is not None else None
-        self.indices = split_indices(self.num_file_rows, split, fractions=fractions, seed=seed)
+        if indices is None:
+            self.indices = split_indices(self.num_file_rows, split, fractions=fractions, seed=seed)
+        else:
+            self.indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.num_file_rows
+                                      or (np.diff(self.indices) <= 0).any()):
+                raise ValueError(f"indices must be sorted, unique rows in [0, {self.num_file_rows})")
+            self.split = "rows"
         self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._pid: int | None = None
@@ -687,6 +549,25 @@ def hdf5_info(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def content_hash(path: str | os.PathLike, *, max_rows: int | None = None, block: int = 1 << 16) -> str:
+    """SHA-256 (hex) of the committed rows of a simulation file (the first ``max_rows`` when given): ``x``, ``y`` and,
+    for sets, ``sizes``, read in blocks. Two files with the same hash hold the same simulations."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with _open_read(path) as f:
+        stats = _committed_stats(f)
+        rows = int(stats[:, 1].sum()) if max_rows is None else min(int(stats[:, 1].sum()), max_rows)
+        y_rows = rows
+        if "sizes" in f:
+            y_rows = int(f["offsets"][rows])
+            digest.update(np.ascontiguousarray(f["sizes"][:rows]).tobytes())
+        for name, n in (("x", rows), ("y", y_rows)):
+            for start in range(0, n, block):
+                digest.update(np.ascontiguousarray(f[name][start:min(start + block, n)]).tobytes())
+    return digest.hexdigest()
+
+
 def _column_stats(ds, rows: int, names: list[str], block: int = 1 << 16) -> dict[str, dict[str, float]]:
     lo = np.full(ds.shape[1], np.inf)
     hi = np.full(ds.shape[1], -np.inf)
@@ -771,24 +652,6 @@ def _attr(f: h5py.File, key: str):
     return value
 
 
-def _as_float32(value) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.detach().to("cpu", torch.float32)
-    try:
-        return torch.from_numpy(np.asarray(value, dtype=np.float32))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"simulator output could not be read as a float array: {err}") from None
-
-
-def _accepts_keyword(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    p = params.get(name)
-    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-
-
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer():
@@ -818,7 +681,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["HDF5Dataset", "simulate_to_hdf5", "load_hdf5", "hdf5_info", "chunk_seeds", "split_indices"]
+__all__ = ["HDF5Dataset", "simulate_to_hdf5", "load_hdf5", "hdf5_info", "split_indices", "content_hash"]
 
 
 def write_samples_hdf5(path, samples, *, param_names, attrs: dict | None = None) -> None:

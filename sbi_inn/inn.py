@@ -57,82 +57,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from sbi_inn.config import override
 from sbi_inn.flows import CouplingFlow, FlowConfig
-from sbi_inn.losses import DEFAULT_WIDTHS, KERNELS, mmd
-from sbi_inn.posterior import Posterior
-from sbi_inn.train import TrainConfig, batch_size_for, num_batches, train
+from sbi_inn.losses import DEFAULT_WIDTHS, KERNELS, Y_LOSSES, check_labels, encode_labels
+from sbi_inn.train import TrainConfig
 from sbi_inn.transforms import Standardize, SupportTransform
-
-Y_LOSSES = ("mse", "ce")
-# tolerances of the label check (y_loss="ce"): entries may leave [0, 1] by LABEL_ATOL, row sums miss 1 by LABEL_SUM_ATOL
-LABEL_ATOL = 1e-6
-LABEL_SUM_ATOL = 1e-3
-
-
-def check_labels(y: Tensor, num_classes: int) -> None:
-    """Raise ``ValueError`` unless ``y`` is ``(n, num_classes)`` label vectors: finite, in [0, 1], rows sum to 1."""
-    what = f"y_loss='ce' needs label observations (one-hot or class probabilities) of shape (n, {num_classes})"
-    if y.ndim != 2 or y.shape[1] != num_classes:
-        raise ValueError(f"{what}, got shape {tuple(y.shape)}")
-    if not torch.isfinite(y).all():
-        rows = (~torch.isfinite(y)).any(-1).nonzero()[:5].flatten().tolist()
-        raise ValueError(f"{what}; rows {rows} contain NaN or inf")
-    outside = ((y < -LABEL_ATOL) | (y > 1 + LABEL_ATOL)).any(-1)
-    if outside.any():
-        i = int(outside.nonzero()[0])
-        raise ValueError(f"{what}: entries must lie in [0, 1], but {int(outside.sum())} rows do not (row {i}: "
-                         f"{y[i].tolist()})")
-    sums = y.sum(-1)
-    off = (sums - 1).abs() > LABEL_SUM_ATOL
-    if off.any():
-        i = int(off.nonzero()[0])
-        raise ValueError(f"{what}: every row must sum to 1, but {int(off.sum())} rows do not (row {i} sums to "
-                         f"{float(sums[i]):.6g})")
-
-
-def smoothed_labels(y: Tensor, smoothing: float) -> Tensor:
-    """Label-smoothed targets ``q = (1 - eps) y + eps / M`` ``(n, M)`` of label vectors ``y`` ``(n, M)``.
-
-    ``y`` is clipped to [0, 1] and renormalised first (it was checked to within ``LABEL_*_ATOL``), so ``q`` is a
-    probability vector with every entry ``>= eps / M > 0``.
-    """
-    y = y.clamp(0.0, 1.0)
-    y = y / y.sum(-1, keepdim=True)
-    return (1.0 - smoothing) * y + smoothing / y.shape[-1]
-
-
-def encode_labels(y: Tensor, smoothing: float) -> Tensor:
-    """The y-space value of label vectors ``y`` ``(n, M)``: centred log-probabilities ``log q - mean_k log q``.
-
-    For one-hot ``y`` the true class gets ``(M - 1)/M * r`` and the others ``-r/M``, ``r = log(1 + (1 - eps) M / eps)``
-    (``r = log 77`` for ``M = 4``, ``eps = 0.05``). This is the forward optimum of :func:`label_loss` (module
-    docstring), so forward and inverse passes see the same value for a label.
-    """
-    logq = torch.log(smoothed_labels(y, smoothing))
-    return logq - logq.mean(-1, keepdim=True)
-
-
-def label_loss(logits: Tensor, y: Tensor, smoothing: float) -> Tensor:
-    """``L_y`` for ``y_loss="ce"``: ``CE(q, softmax(logits)) + mean_k(logits)^2``, averaged over rows (a scalar).
-
-    Args:
-        logits: ``f_y(x)`` with the standardisation undone, ``(n, M)``.
-        y: label vectors ``(n, M)``; ``q`` = :func:`smoothed_labels`.
-
-    The penalty on the logits' mean pins the shift that the CE cannot see (module docstring): the minimiser is then
-    ``logits = encode_labels(y)``, where the gradient vanishes. Its weight (1, in nats like the CE) does not move the
-    optimum; it only sets how fast the shift is pulled to 0.
-    """
-    ce = -(smoothed_labels(y, smoothing) * torch.log_softmax(logits, -1)).sum(-1)
-    return (ce + logits.mean(-1) ** 2).mean()
-
 
 # thesis B.5.2 (6 coupling blocks of 3 layers, leaky ReLU) with a soft clamp of 1.0, stable at lr 3e-3
 DEFAULT_INN_FLOW = FlowConfig(num_blocks=6, hidden=128, num_layers=3, activation="leaky_relu", clamp=1.0)
@@ -230,14 +165,14 @@ class INNConfig:
             raise ValueError(f"INNConfig: label_smoothing must lie in (0, 1), got {self.label_smoothing}")
         # a partial dict overrides fields of this class's default flow / optimisation, not the classes' defaults
         if isinstance(self.flow, dict):
-            object.__setattr__(self, "flow", dataclasses.replace(DEFAULT_INN_FLOW, **self.flow))
+            object.__setattr__(self, "flow", override(DEFAULT_INN_FLOW, self.flow, "INNConfig.flow"))
         if isinstance(self.train, dict):
-            object.__setattr__(self, "train", dataclasses.replace(DEFAULT_INN_TRAIN, **self.train))
+            object.__setattr__(self, "train", override(DEFAULT_INN_TRAIN, self.train, "INNConfig.train"))
 
     @classmethod
     def from_dict(cls, d: dict) -> INNConfig:
-        """Build from a (possibly nested) dict; unknown keys raise ``TypeError``."""
-        return cls(**d)
+        """Build from a (possibly nested) dict; unknown keys raise ``TypeError`` naming them."""
+        return override(cls(), d, "INNConfig")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,8 +192,19 @@ def _bound_list(t: Tensor) -> list:
     return [float(v) if math.isfinite(float(v)) else None for v in t]
 
 
-def _bound_tensor(values: Sequence, fill: float) -> Tensor:
+def _bound_tensor(values: Sequence | None, fill: float) -> Tensor | None:
+    if values is None:
+        return None
     return torch.tensor([fill if v is None else float(v) for v in values], dtype=torch.float32)
+
+
+def _noise(like: Tensor, width: int, std: float, generator: torch.Generator | None) -> Tensor:
+    """``(n, width)`` padding: zeros, or N(0, std^2) noise from ``generator`` (required then: no global RNG)."""
+    if std == 0 or width == 0:
+        return like.new_zeros(like.shape[0], width)
+    if generator is None:
+        raise ValueError("padding noise needs a torch.Generator (the library never draws from the global RNG)")
+    return std * torch.randn(like.shape[0], width, generator=generator, device=like.device, dtype=like.dtype)
 
 
 class BidirectionalINN(nn.Module):
@@ -267,7 +213,8 @@ class BidirectionalINN(nn.Module):
     Args:
         param_dim: ``D``. obs_dim: ``M``. latent_dim: ``K``. nominal_dim: ``N >= max(D, M + K)``.
         flow: coupling-flow architecture.
-        lo, hi: prior support bounds ``(D,)`` (``None`` or inf where unbounded).
+        support_low, support_high: prior support bounds ``(D,)`` (``None`` or inf where unbounded), as in
+            ``sbi_inn.cinn.ConditionalINN``.
         pad_noise, y_noise: training noise levels (see the module docstring); kept with the model.
         y_loss, label_smoothing: ``"mse"`` (y-space = ``y``) or ``"ce"`` (y-space = centred log of the smoothed
             label vectors, :func:`encode_labels`); kept with the model, since sampling must encode ``y`` the same way.
@@ -282,7 +229,8 @@ class BidirectionalINN(nn.Module):
     """
 
     def __init__(self, param_dim: int, obs_dim: int, *, latent_dim: int, nominal_dim: int,
-                 flow: FlowConfig | dict | None = None, lo: Tensor | None = None, hi: Tensor | None = None,
+                 flow: FlowConfig | dict | None = None, support_low: Tensor | None = None,
+                 support_high: Tensor | None = None,
                  pad_noise: float = 1e-2, y_noise: float = 1e-3, y_loss: str = "mse", label_smoothing: float = 0.05):
         super().__init__()
         if nominal_dim < max(param_dim, obs_dim + latent_dim):
@@ -299,13 +247,13 @@ class BidirectionalINN(nn.Module):
         self.flow_config = flow if isinstance(flow, FlowConfig) else FlowConfig(**(flow or {}))
         self.pad_noise, self.y_noise = float(pad_noise), float(y_noise)
         self.flow = CouplingFlow(self.N, 0, self.flow_config)
-        lo = torch.full((self.D,), -math.inf) if lo is None else torch.as_tensor(lo, dtype=torch.float32)
-        hi = torch.full((self.D,), math.inf) if hi is None else torch.as_tensor(hi, dtype=torch.float32)
+        lo = torch.full((self.D,), -math.inf) if support_low is None else torch.as_tensor(support_low,
+                                                                                             dtype=torch.float32)
+        hi = torch.full((self.D,), math.inf) if support_high is None else torch.as_tensor(support_high,
+                                                                                          dtype=torch.float32)
         self.support = SupportTransform(lo, hi)
         self.x_norm = Standardize(self.D)
         self.y_norm = Standardize(self.M)
-        # optimizer steps taken so far (drives the L_x ramp; a buffer, so checkpoints resume it)
-        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
     # -- construction / persistence ---------------------------------------------------------------------------
     @property
@@ -314,9 +262,10 @@ class BidirectionalINN(nn.Module):
 
     def config(self) -> dict:
         return {"type": "inn", "param_dim": self.D, "obs_dim": self.M, "latent_dim": self.K,
-                "nominal_dim": self.N, "flow": self.flow_config.to_dict(), "lo": _bound_list(self.support.lo),
-                "hi": _bound_list(self.support.hi), "pad_noise": self.pad_noise, "y_noise": self.y_noise,
-                "y_loss": self.y_loss, "label_smoothing": self.label_smoothing}
+                "nominal_dim": self.N, "flow": self.flow_config.to_dict(),
+                "support_low": _bound_list(self.support.lo), "support_high": _bound_list(self.support.hi),
+                "pad_noise": self.pad_noise, "y_noise": self.y_noise, "y_loss": self.y_loss,
+                "label_smoothing": self.label_smoothing}
 
     @classmethod
     def from_config(cls, config: dict) -> BidirectionalINN:
@@ -324,15 +273,23 @@ class BidirectionalINN(nn.Module):
         c = dict(config)
         if c.pop("type", "inn") != "inn":
             raise ValueError(f"BidirectionalINN.from_config: not an 'inn' config: {config.get('type')!r}")
-        lo, hi = _bound_tensor(c.pop("lo"), -math.inf), _bound_tensor(c.pop("hi"), math.inf)
-        return cls(c.pop("param_dim"), c.pop("obs_dim"), lo=lo, hi=hi, flow=FlowConfig(**c.pop("flow")), **c)
+        lo = _bound_tensor(c.pop("support_low", c.pop("lo", None)), -math.inf)  # "lo"/"hi": files before 0.2
+        hi = _bound_tensor(c.pop("support_high", c.pop("hi", None)), math.inf)
+        return cls(c.pop("param_dim"), c.pop("obs_dim"), support_low=lo, support_high=hi,
+                   flow=FlowConfig(**c.pop("flow")), **c)
 
     @torch.no_grad()
-    def fit_normalization(self, x: Tensor, y: Tensor) -> BidirectionalINN:
+    def fit_standardization(self, x: Tensor, y: Tensor, sizes: Tensor | None = None) -> BidirectionalINN:
         """Fit the standardisation of ``x`` (in the unconstrained space) and of ``y`` (in y-space) to training data."""
+        if sizes is not None:
+            raise ValueError("BidirectionalINN does not take set-valued observations; use method='cinn'")
         self.x_norm.fit(self.support.inverse(x))
         self.y_norm.fit(self.y_space(y))
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "train_steps", None)  # a training-step counter that files of sbi_inn 0.1 carry
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- observations: y-space and its standardisation -----------------------------------------------------------
     def y_space(self, y: Tensor) -> Tensor:
@@ -371,14 +328,13 @@ class BidirectionalINN(nn.Module):
         x = torch.minimum(torch.maximum(self.support(u), torch.nextafter(lo, hi)), torch.nextafter(hi, lo))
         return prior_log_prob(x) + self.support.log_abs_det(u) - self.x_norm.log_abs_det()
 
-    def pad_x(self, u: Tensor, noise: float = 0.0) -> Tensor:
-        """``[u, pad]`` of width ``N`` (pad: zeros, or Gaussian noise of std ``noise``)."""
-        return torch.cat([u, noise * torch.randn(u.shape[0], self.N - self.D, device=u.device, dtype=u.dtype)], 1)
+    def pad_x(self, u: Tensor, noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """``[u, pad]`` of width ``N`` (pad: zeros, or Gaussian noise of std ``noise`` drawn from ``generator``)."""
+        return torch.cat([u, _noise(u, self.N - self.D, noise, generator)], 1)
 
-    def join_yz(self, y: Tensor, z: Tensor, noise: float = 0.0) -> Tensor:
-        """``[y, z, pad]`` of width ``N``."""
-        pad = noise * torch.randn(y.shape[0], self.N - self.M - self.K, device=y.device, dtype=y.dtype)
-        return torch.cat([y, z, pad], 1)
+    def join_yz(self, y: Tensor, z: Tensor, noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """``[y, z, pad]`` of width ``N`` (pad as in :meth:`pad_x`)."""
+        return torch.cat([y, z, _noise(y, self.N - self.M - self.K, noise, generator)], 1)
 
     def split_yz(self, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Output ``(n, N)`` -> ``(y (n, M), z (n, K), pad (n, N - M - K))``."""
@@ -439,246 +395,13 @@ class BidirectionalINN(nn.Module):
             "method) or method='cinn', which has an exact density.")
 
 
-def inn_losses(model: BidirectionalINN, x: Tensor, y: Tensor, config: INNConfig,
-               prior_log_prob: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """The unweighted loss terms of thesis 4.1.2 for a batch ``x (B, D)``, ``y (B, M)`` (see module docstring).
-
-    ``L_kl`` (``config.w_kl > 0``, ``prior_log_prob`` maps parameters ``(n, D)`` to the prior's log-density
-    ``(n,)``): the backward samples ``v^ = g(y, z, pad)`` of the ``L_x`` pass have the density
-    ``q(v^) = p_in(y, z, pad) |det J_g|^-1`` (change of variables, no x-padding), and ``p_in`` does not depend on the
-    weights because its inputs are drawn, not generated, so
-
-        KL(q || p) = E[-log|det J_g(y, z, pad)| - log p(v^)] + const,
-
-    with ``p`` the prior in the internal coordinates (:meth:`BidirectionalINN.prior_log_prob_internal`); ``L_kl`` is
-    that expectation over the batch.
-
-    With ``model.y_loss == "ce"`` the observations enter every pass as :meth:`BidirectionalINN.encode_y` (the
-    centred log of the smoothed labels, standardised) and ``L_y`` is :func:`label_loss` on the logits
-    ``model.logits(f_y(x))``; the forward optimum is then the same value the backward passes are fed.
-
-    Returns:
-        dict with scalar tensors ``y``, ``z``, ``x``, ``pad``, ``rec``, ``support`` and ``kl`` (zero where a term
-        does not apply; ``support`` and ``kl`` are only computed when their weight is positive).
-    """
-    if (config.y_loss, config.label_smoothing) != (model.y_loss, model.label_smoothing) and (
-            config.y_loss == "ce" or model.y_loss == "ce"):
-        raise ValueError(f"inn_losses: config has y_loss={config.y_loss!r}, label_smoothing={config.label_smoothing} "
-                         f"but the model was built with y_loss={model.y_loss!r}, "
-                         f"label_smoothing={model.label_smoothing}")
-    D, M, K, N = model.D, model.M, model.K, model.N
-    kernel_x = config.kernel_x or config.kernel
-    widths_x = config.widths_x or config.widths
-    u = model.encode_x(x)
-    ys = model.encode_y(y)
-    ys = ys + config.y_noise * torch.randn_like(ys)
-    zero = u.new_zeros(())
-
-    # forward pass: L_y, L_z (gradient blocked through f_y), padding of the output kept at zero
-    out = model(model.pad_x(u, config.pad_noise))[0]
-    fy, fz, fpad = model.split_yz(out)
-    if model.y_loss == "ce":
-        l_y = label_loss(model.logits(fy), y, model.label_smoothing)
-    else:
-        l_y = ((fy - ys) ** 2).sum(-1).mean()
-    z = torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
-    l_z = mmd(torch.cat([fy.detach(), fz], 1), torch.cat([ys, z], 1), kernel=config.kernel, widths=config.widths)
-    l_pad = (fpad**2).sum(-1).mean() if N > M + K else zero
-
-    # backward pass: L_x on backward samples for the batch's y; their x-padding kept at zero
-    zb = torch.randn(u.shape[0], K, device=u.device, dtype=u.dtype)
-    xb, logdet_b = model.inverse(model.join_yz(ys, zb, config.pad_noise))
-    l_x = mmd(xb[:, :D], u, kernel=kernel_x, widths=widths_x)
-    l_kl = zero
-    if config.w_kl > 0:
-        _check_kl(model, prior_log_prob)
-        l_kl = -(logdet_b + model.prior_log_prob_internal(xb, prior_log_prob)).mean()
-    if N > D:
-        l_pad = l_pad + (xb[:, D:] ** 2).sum(-1).mean()
-
-    # reconstruction with fresh noise in the y-padding: the padding must carry no information
-    if N > M + K:
-        xr = model.inverse(model.join_yz(fy.detach(), fz.detach(), config.pad_noise))[0]
-        l_rec = ((xr[:, :D] - u) ** 2).sum(-1).mean()
-    else:
-        l_rec = zero  # exactly zero for an invertible map without padding
-
-    # L_support (ours): backward samples from over-dispersed latents stay within support_radius standardised units
-    l_support = zero
-    if config.w_support > 0:  # on a quarter of the batch: the extra inverse pass then costs ~5 % of a step
-        nt = max(1, u.shape[0] // 4)
-        zt = config.support_latent_scale * torch.randn(nt, K, device=u.device, dtype=u.dtype)
-        xt = model.inverse(model.join_yz(ys[:nt], zt, config.pad_noise))[0][:, :D]
-        l_support = torch.relu(xt.abs() - config.support_radius).square().sum(-1).mean()
-    return {"y": l_y, "z": l_z, "x": l_x, "pad": l_pad, "rec": l_rec, "support": l_support, "kl": l_kl}
-
-
-def _check_kl(model: BidirectionalINN, prior_log_prob) -> None:
-    if prior_log_prob is None or not callable(prior_log_prob):
-        raise ValueError("INNConfig.w_kl > 0 needs the prior's log-density: fit_inn(..., prior_log_prob="
-                         "prior.log_prob)")
-    if model.N != model.D:
-        raise ValueError(f"INNConfig.w_kl > 0 needs an INN without x-padding (nominal_dim = D = {model.D}), got "
-                         f"nominal_dim {model.N}: the backward samples then have no density on the parameters alone")
-
-
-def make_loss_fn(config: INNConfig, steps_per_epoch: int, *, ramp: bool = True,
-                 prior_log_prob: Callable[[Tensor], Tensor] | None = None):
-    """``loss_fn(model, (x, y)) -> (loss, parts)`` for ``sbi_inn.train.train``; the weighted sum of all terms
-    (``prior_log_prob`` is passed to :func:`inn_losses` for ``L_kl``).
-
-    With ``ramp`` the ``L_x`` weight follows ``config.x_ramp_epochs`` (counted by ``model.train_steps``, which the
-    loss advances on every training-mode call with gradients enabled); without it the full ``w_x`` is used.
-    """
-
-    def loss_fn(model: BidirectionalINN, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
-        x, y = batch[0], batch[1]
-        terms = inn_losses(model, x, y, config, prior_log_prob)
-        w_x = config.w_x
-        if ramp and config.x_ramp_epochs > 0:
-            w_x *= min(1.0, float(model.train_steps) / (config.x_ramp_epochs * steps_per_epoch))
-        if model.training and torch.is_grad_enabled():
-            model.train_steps += 1
-        loss = (config.w_y * terms["y"] + config.w_z * terms["z"] + w_x * terms["x"]
-                + config.w_pad * terms["pad"] + config.w_rec * terms["rec"] + config.w_support * terms["support"]
-                + config.w_kl * terms["kl"])
-        return loss, {f"L_{k}": float(v.detach()) for k, v in terms.items()}
-
-    return loss_fn
-
-
-def build_inn(param_dim: int, obs_dim: int, config: INNConfig, *, prior_bounds=None, seed: int = 0):
+def build_inn(param_dim: int, obs_dim: int, config: INNConfig, *, support_low=None, support_high=None,
+              seed: int = 0) -> BidirectionalINN:
     """A fresh :class:`BidirectionalINN` for ``config`` (weights seeded by ``seed``; global RNG untouched)."""
     k, n = config.dims(param_dim, obs_dim)
-    lo, hi = (None, None) if prior_bounds is None else prior_bounds
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return BidirectionalINN(param_dim, obs_dim, latent_dim=k, nominal_dim=n, flow=config.flow, lo=lo, hi=hi,
+        return BidirectionalINN(param_dim, obs_dim, latent_dim=k, nominal_dim=n, flow=config.flow,
+                                support_low=support_low, support_high=support_high,
                                 pad_noise=config.pad_noise, y_noise=config.y_noise, y_loss=config.y_loss,
                                 label_smoothing=config.label_smoothing)
-
-
-def fit_inn(x_train: Tensor, y_train: Tensor, x_val: Tensor | None = None, y_val: Tensor | None = None, *,
-            prior_bounds: tuple[Tensor, Tensor] | None = None, param_names: Sequence[str] | None = None,
-            config: INNConfig | dict | None = None, device: str | torch.device = "cpu", seed: int = 0,
-            show_progress: bool = True, checkpoint_path=None,
-            resample: Callable[[int], tuple[Tensor, Tensor]] | None = None,
-            prior_log_prob: Callable[[Tensor], Tensor] | None = None) -> Posterior:
-    """Train a bidirectional INN on simulated pairs and return it as a :class:`~sbi_inn.posterior.Posterior`.
-
-    Args:
-        x_train, y_train: parameters ``(n, D)`` (inside the prior support) and observations ``(n, M)`` (label
-            vectors for ``config.y_loss == "ce"``, else ``ValueError``).
-        x_val, y_val: a validation split (optional; used for early stopping and the best-epoch weights).
-        prior_bounds: ``(lo, hi)`` support bounds ``(D,)`` of the prior (``None``: unbounded).
-        param_names: names of the ``D`` parameters (default ``x0, x1, ...``).
-        config: an :class:`INNConfig` or a dict of its fields (unknown keys raise).
-        device: where to train (a resolved ``torch.device`` or string; ``"auto"`` is resolved by the caller).
-        seed: seeds the weight initialisation and replaces ``config.train.seed`` (shuffling, loss noise).
-        show_progress: a progress bar over epochs.
-        checkpoint_path: checkpoint written every epoch; an existing one is resumed.
-        resample: train from the simulator directly: ``resample(epoch) -> (x, y)`` gives fresh pairs for every
-            epoch (e.g. :func:`simulation_stream`), deterministic in ``epoch``; ``x_train, y_train`` then only fit
-            the standardisation (pass ``resample(0)``).
-        prior_log_prob: the prior's log-density, parameters ``(n, D)`` -> ``(n,)`` (e.g. ``prior.log_prob``);
-            needed by ``config.w_kl > 0``, unused otherwise.
-
-    Returns:
-        The trained posterior; ``metadata`` holds the config, data sizes and the per-epoch history.
-    """
-    if config is None:
-        config = INNConfig()
-    elif isinstance(config, dict):
-        config = INNConfig.from_dict(config)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=int(seed)))
-    device = torch.device(device)
-    x_train = torch.as_tensor(x_train, dtype=torch.float32)
-    y_train = torch.as_tensor(y_train, dtype=torch.float32)
-    if x_train.ndim != 2 or y_train.ndim != 2 or x_train.shape[0] != y_train.shape[0]:
-        raise ValueError(f"fit_inn: need x (n, D) and y (n, M) with equal n, got {tuple(x_train.shape)}, "
-                         f"{tuple(y_train.shape)}")
-    D, M = x_train.shape[1], y_train.shape[1]
-    names = list(param_names) if param_names is not None else [f"x{i}" for i in range(D)]
-    model = build_inn(D, M, config, prior_bounds=prior_bounds, seed=seed)
-    if config.w_kl > 0:
-        _check_kl(model, prior_log_prob)
-    model.fit_normalization(x_train, y_train)
-    model.to(device)
-    val = None
-    if x_val is not None and y_val is not None and len(x_val) > 0:
-        val = (torch.as_tensor(x_val, dtype=torch.float32).to(device),
-               torch.as_tensor(y_val, dtype=torch.float32).to(device))
-    steps = num_batches(x_train.shape[0], batch_size_for(config.train, x_train.shape[0]))
-    if resample is None:
-        train_data = (x_train.to(device), y_train.to(device))
-    else:
-        def train_data(epoch: int) -> tuple[Tensor, Tensor]:
-            x, y = resample(epoch)
-            return (torch.as_tensor(x, dtype=torch.float32).to(device),
-                    torch.as_tensor(y, dtype=torch.float32).to(device))
-    history = train(model, make_loss_fn(config, steps, prior_log_prob=prior_log_prob), train_data, val,
-                    config.train, device=device, checkpoint_path=checkpoint_path, show_progress=show_progress,
-                    val_loss_fn=make_loss_fn(config, steps, ramp=False, prior_log_prob=prior_log_prob))
-    metadata = {"method": "inn", "config": config.to_dict(), "num_train": int(x_train.shape[0]),
-                "fresh_simulations_per_epoch": resample is not None,
-                "num_val": 0 if val is None else int(val[0].shape[0]), "history": history}
-    return Posterior(model, param_names=names, obs_shape=(M,), metadata=metadata)
-
-
-def simulation_stream(simulate: Callable[..., Tensor], sample_prior: Callable[..., Tensor], num: int,
-                      seed: int = 0, accept: Callable[[Tensor], Tensor] | None = None
-                      ) -> Callable[[int], tuple[Tensor, Tensor]]:
-    """``epoch -> (x (num, D), y (num, M))``: fresh simulations for every epoch, the same ones for the same epoch.
-
-    For cheap simulators (inverse kinematics: 50 M simulations/s) training on new draws each epoch removes
-    overfitting in sparsely sampled regions at no cost. ``simulate(x, generator=g)`` and ``sample_prior(n,
-    generator=g)`` follow the ``simulators`` contract.
-
-    ``accept(y) -> (n,)`` probabilities in ``[0, 1]`` keeps each simulation with a probability that depends on its
-    observation alone. The training pairs then follow ``p(x) p(y | x) a(y) / Z``, whose conditional is still the
-    posterior ``p(x | y)``: only the mixture of observations changes, e.g. towards rare ones (``a`` largest where
-    ``p(y)`` is small) that the prior would seldom simulate. Simulations are drawn in rounds until ``num`` are kept.
-    """
-    def draw(epoch: int) -> tuple[Tensor, Tensor]:
-        gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7_919 * int(epoch) + 101) % (2**63 - 1))
-        if accept is None:
-            x = sample_prior(num, generator=gen)
-            return x, simulate(x, generator=gen)
-        xs, ys, kept = [], [], 0
-        for _ in range(10_000):
-            x = sample_prior(num, generator=gen)
-            y = simulate(x, generator=gen)
-            p = accept(y)
-            if p.shape != (num,) or not bool(((p >= 0) & (p <= 1)).all()):
-                raise ValueError(f"simulation_stream: accept(y) must return ({num},) probabilities in [0, 1]")
-            keep = torch.rand(num, generator=gen) < p
-            xs.append(x[keep])
-            ys.append(y[keep])
-            kept += int(keep.sum())
-            if kept >= num:
-                return torch.cat(xs)[:num], torch.cat(ys)[:num]
-        raise RuntimeError(f"simulation_stream: accept(y) kept only {kept} of {10_000 * num} simulations")
-
-    return draw
-
-
-def plan_epochs(config: INNConfig, x: Tensor, y: Tensor, budget_s: float, *, overhead: float = 1.1,
-                prior_log_prob: Callable[[Tensor], Tensor] | None = None) -> int:
-    """Epochs of ``config.train.batch_size`` steps over ``x`` ``(N, D)``, ``y`` ``(N, M)`` that fit in ``budget_s``.
-
-    Times ten optimisation steps (after two warm-up steps) of a fresh model and scales by ``overhead`` for
-    validation. Used to give ``TrainConfig.epochs`` a wall-clock budget: the learning rate decays per epoch, so a
-    run cut short by ``max_time`` would never reach ``lr_final``.
-    """
-    model = build_inn(x.shape[1], y.shape[1], config).fit_normalization(x, y)
-    loss_fn = make_loss_fn(config, 1, prior_log_prob=prior_log_prob)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    bs = batch_size_for(config.train, len(x))
-    for i in range(12):
-        if i == 2:
-            t0 = time.perf_counter()
-        opt.zero_grad()
-        loss_fn(model, (x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]))[0].backward()
-        opt.step()
-    per_step = (time.perf_counter() - t0) / 10
-    return max(1, int(budget_s / (per_step * num_batches(len(x), bs) * overhead)))

@@ -1,7 +1,7 @@
 """The amortised posterior ``q(x | y)`` users sample, evaluate, save and load.
 
 :class:`Posterior` wraps a trained conditional density model and gives it the public contract of
-``../shared/API.md`` (sample dimension first, as in the ``sbi`` package): shape checks, chunked batched sampling
+the package's API (sample dimension first, as in the ``sbi`` package): shape checks, chunked batched sampling
 under a memory bound, MAP estimates, pandas export and pickle-free saving.
 
 A model plugged in here implements this small protocol (both ``sbi_inn.cinn`` and ``sbi_inn.inn`` do)::
@@ -13,12 +13,11 @@ A model plugged in here implements this small protocol (both ``sbi_inn.cinn`` an
     model.config() -> dict                  # JSON; MODEL_TYPES[config["type"]].from_config(config) rebuilds it
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 4.2.3 ("all MAP estimates are found using the mean-shift algorithm").
+    thesis sec. 4.2.3 ("all MAP estimates are found using the mean-shift algorithm").
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
+from sbi_inn.cinn import ConditionalINN
+from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
 
 FORMAT_NAME = "sbi_inn.posterior"
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 # cache. On the 2-core benchmark machine, 2**12 rows drew 10 000 inverse-kinematics samples in 12.9 ms against 14.1 ms
 # for 2**13 and 19.0 ms for 2**10 (2**13 was 4x faster than 2**20).
 SAMPLE_CHUNK_ROWS = 2**12
-MODEL_TYPES = {"cinn": "sbi_inn.cinn:ConditionalINN", "inn": "sbi_inn.inn:BidirectionalINN"}
+MODEL_TYPES = {"cinn": ConditionalINN, "inn": BidirectionalINN}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -308,8 +309,7 @@ def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Modu
     kind = config.get("type")
     if kind not in MODEL_TYPES:
         raise ValueError(f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
-    module_name, cls_name = MODEL_TYPES[kind].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = MODEL_TYPES[kind]
     if summary is None:
         return cls.from_config(config)
     if kind != "cinn":

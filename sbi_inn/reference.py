@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbi_inn.diagnostics.metrics import _accepts_generator, as_tensor
+from sbi_inn.diagnostics.metrics import as_tensor
 from sbi_inn.priors import as_prior
+from sbi_inn.simulation import SeedTree, Simulation
 
 __all__ = ["ABCResult", "MCMCResult", "abc_rejection", "abc_rejection_batch", "mcmc", "exact", "exact_batch"]
 
@@ -90,30 +91,16 @@ def _progress(show: bool, total: int | None):
     return tqdm(total=total, unit="sim")
 
 
-def _simulate_chunk(simulate: Callable, prior, size: int, seed: int, index: int, pass_generator: bool,
-                    obs_dim: int):
-    """Prior draws and simulations of chunk ``index``, seeded from ``(seed, index)``; global RNG untouched.
-
-    Checks that the simulations are ``(size, obs_dim)``, ``obs_dim`` being the observations' dimension.
-    """
-    s_prior, s_sim = (int(v) for v in np.random.SeedSequence([seed, index]).generate_state(2))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s_prior)
-        x = prior.sample((size,))
-        torch.manual_seed(s_sim)            # for simulators that draw from the global RNG
-        if pass_generator:
-            y = simulate(x, generator=torch.Generator(device=x.device).manual_seed(s_sim))
-        else:
-            y = simulate(x)
-    if isinstance(y, tuple):
+def _simulate_chunk(sim: Simulation, size: int, seed: int, index: int, obs_dim: int):
+    """Prior draws ``(size, D)`` and simulations ``(size, M)`` of chunk ``index`` of the ``abc`` stream of
+    ``SeedTree(seed)`` (``sbi_inn.simulation``; global RNG untouched), with the rows whose simulation returned NaN or
+    inf marked ``(size,)`` invalid."""
+    chunk = sim.chunk(SeedTree(seed).chunk_seeds(index, "abc"), size)
+    if chunk.sizes is not None:
         raise TypeError("simulate returned a tuple (a set-valued simulator?); ABC needs simulate(x) -> y (N, M)")
-    y = torch.as_tensor(y if isinstance(y, Tensor) else np.asarray(y))
-    if y.ndim != 2 or y.shape[0] != size:
-        raise ValueError(f"simulate must map (N, D) to (N, M); for {size} prior draws it returned shape "
-                         f"{tuple(y.shape)}")
-    if y.shape[1] != obs_dim:
-        raise ValueError(f"simulate returns observations of dimension {y.shape[1]}, y_obs has {obs_dim}")
-    return x, y.to(x.device, torch.get_default_dtype() if not torch.is_floating_point(y) else y.dtype)
+    if chunk.y.shape[1] != obs_dim:
+        raise ValueError(f"simulate returns observations of dimension {chunk.y.shape[1]}, y_obs has {obs_dim}")
+    return chunk.x, chunk.y, chunk.valid
 
 
 def _resolve_scale(scale, y_pilot: Tensor) -> Tensor:
@@ -214,7 +201,7 @@ def abc_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, epsilon
         raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
 
     start_time = time.perf_counter()
-    pass_generator = _accepts_generator(simulate)
+    sim = Simulation(simulate, prior, dtype=None)
     bar = _progress(show_progress, None)
     xs, ds, scale_t = [], [], None
     num_accepted = num_sims = index = 0
@@ -228,10 +215,10 @@ def abc_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, epsilon
                     f"simulations (max_simulations) with epsilon={epsilon}; acceptance rate so far {rate:.3g}, "
                     f"so {need} simulations are needed. Raise max_simulations or epsilon, or use quantile=")
             size = min(chunk_size, max_simulations - num_sims)
-            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator, y.shape[1])
+            x, y_sim, valid = _simulate_chunk(sim, size, seed, index, y.shape[1])
             if scale_t is None:
-                scale_t = _resolve_scale(scale, y_sim)
-            d = _distances(y_sim, y.to(y_sim), scale_t, distance)[:, 0]
+                scale_t = _resolve_scale(scale, y_sim[valid])
+            d = _distances(y_sim, y.to(y_sim), scale_t, distance)[:, 0].masked_fill(~valid, math.inf)
             keep = d < epsilon
             xs.append(x[keep])
             ds.append(d[keep])
@@ -268,7 +255,7 @@ def abc_rejection_batch(simulate: Callable, prior, y_obs, num_samples: int, *, q
     if total < num_samples:
         raise ValueError(f"num_samples / quantile = {total} simulations is fewer than num_samples = {num_samples}")
     start_time = time.perf_counter()
-    pass_generator = _accepts_generator(simulate)
+    sim = Simulation(simulate, prior, dtype=None)
     b = y.shape[0]
     step = max(1, min(chunk_size, _MAX_DISTANCES // b))
     bar = _progress(show_progress, total)
@@ -276,10 +263,10 @@ def abc_rejection_batch(simulate: Callable, prior, y_obs, num_samples: int, *, q
     try:
         for index, start in enumerate(range(0, total, step)):
             size = min(step, total - start)
-            x, y_sim = _simulate_chunk(simulate, prior, size, seed, index, pass_generator, y.shape[1])
+            x, y_sim, valid = _simulate_chunk(sim, size, seed, index, y.shape[1])
             if scale_t is None:
-                scale_t = _resolve_scale(scale, y_sim)
-            d = _distances(y_sim, y.to(y_sim), scale_t, distance)                    # (size, B)
+                scale_t = _resolve_scale(scale, y_sim[valid])
+            d = _distances(y_sim, y.to(y_sim), scale_t, distance).masked_fill(~valid[:, None], math.inf)  # (size, B)
             if best_d is None:
                 k = min(num_samples, size)
                 best_d, idx = d.topk(k, dim=0, largest=False, sorted=True)
@@ -296,6 +283,10 @@ def abc_rejection_batch(simulate: Callable, prior, y_obs, num_samples: int, *, q
     finally:
         if bar is not None:
             bar.close()
+    if not torch.isfinite(best_d[-1]).all():
+        raise ValueError(f"abc_rejection: fewer than num_samples = {num_samples} of the {total} simulations returned "
+                         "finite observations (the rest were NaN or inf), so the accepted set would hold invalid "
+                         "ones; check the simulator or lower num_samples")
     return ABCResult(best_x, best_d, best_d[-1].clone(), num_samples / total, total,
                      time.perf_counter() - start_time, scale_t)
 

@@ -5,8 +5,11 @@ gradient-norm clipping (thesis 3.5, "vital"; NOTES.md: a norm around 8), non-fin
 corrupting the weights, early stopping on a validation split, a checkpoint after every epoch holding the optimizer
 state, so an interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
 
-Every epoch runs under its own seed (derived from ``seed`` and the epoch number) for the shuffling and any noise the
-loss draws, which is what makes resumed and uninterrupted runs identical.
+Every epoch draws its shuffling and the noise the loss needs from the ``train`` stream of the seed tree
+(``sbi_inn.simulation.SeedTree(seed)``, epoch ``e``): the loss gets a seeded ``torch.Generator`` in its
+:class:`Step`, which is what makes resumed and uninterrupted runs identical. Subnet dropout, which can only draw
+from torch's global RNG, runs inside a forked global state seeded from the same stream, so the caller's global
+random state is never changed.
 """
 
 from __future__ import annotations
@@ -23,8 +26,31 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sbi_inn.simulation import SeedTree
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where in training a loss is evaluated, and the generator its noise comes from.
+
+    Attributes:
+        epoch: the epoch (from 0). batch: the batch within it. num_batches: batches per training epoch.
+        generator: a seeded ``torch.Generator`` on the training device for any noise the loss draws.
+    """
+
+    epoch: int
+    batch: int
+    num_batches: int
+    generator: torch.Generator
+
+    @property
+    def progress(self) -> float:
+        """Epochs of training done before this step, fractional (e.g. for a weight ramped up over epochs)."""
+        return self.epoch + self.batch / self.num_batches
+
+
 # A batch is a tuple of tensors; the loss returns the scalar to minimise and named float parts for the history.
-LossFn = Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, float]]]
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Step], tuple[Tensor, dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -44,9 +70,12 @@ class TrainConfig:
         val_trim: fraction of validation rows with the largest losses left out of the validation loss (at least
             one row when positive; see :func:`trimmed_mean`), so that a few rows the model extrapolates to cannot
             steer early stopping. Needs a validation loss that returns one value per row; 0 averages everything.
-        max_time: wall-clock budget in seconds (``None``: no limit); training stops after the epoch that passes it.
+        max_time: wall-clock budget in seconds (``None``: none, the default, so results do not depend on the
+            machine). With a budget the number of epochs is planned from the first epoch's duration,
+            ``min(epochs, floor(max_time / t_first))``, and the learning rate decays to ``lr_final`` over the planned
+            epochs; training also stops after any epoch that passes the budget.
         num_workers: DataLoader workers for datasets streamed from disk.
-        seed: seeds shuffling and the noise drawn by losses.
+        seed: root of the seed tree whose ``train`` stream seeds shuffling and the noise drawn by losses.
     """
 
     epochs: int = 200
@@ -75,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: val_trim must be in [0, 0.5), got {self.val_trim}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"TrainConfig: max_time must be positive or None, got {self.max_time}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,26 +127,24 @@ def batch_size_for(config: TrainConfig, num_rows: int) -> int:
     return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, num_rows // 8)))
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**63 - 1)
-
-
-def iterate_batches(data, batch_size: int, generator: torch.Generator, *, shuffle: bool = True,
+def iterate_batches(data, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True,
                     num_workers: int = 0) -> Iterable[tuple[Tensor, ...]]:
     """Minibatches from a tuple of equally long tensors (fast slicing) or from a torch ``Dataset``.
 
-    Tensors are cut into :func:`num_batches` batches of equal size (to one row): the remainder of ``n / batch_size``
+    The rows are cut into :func:`num_batches` batches of equal size (to one row): the remainder of ``n / batch_size``
     is spread over the batches instead of forming a short last batch, which costs a whole step for a few rows and
-    gives a noisy gradient (1000 simulations: 8 steps of 112-113 rows instead of 8 of 112 and one of 4).
+    gives a noisy gradient. Tensors and datasets with the same rows give the same batches in the same order.
     """
+    n = _num_rows(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    batches = torch.tensor_split(order, num_batches(n, batch_size))
     if isinstance(data, (tuple, list)):
-        n = data[0].shape[0]
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for idx in torch.tensor_split(order, num_batches(n, batch_size)):
+        for idx in batches:
             yield tuple(t[idx.to(t.device)] for t in data)
     elif isinstance(data, Dataset):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                            num_workers=num_workers, persistent_workers=False)
+        # a generator of its own: without one the loader draws its workers' base seed from the global RNG
+        loader = DataLoader(data, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,
+                            persistent_workers=False, generator=torch.Generator().manual_seed(0))
         for batch in loader:
             yield tuple(batch)
     else:
@@ -138,7 +167,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
 
     Args:
         model: the module to optimise (already on ``device``).
-        loss_fn: ``loss_fn(model, batch) -> (loss, parts)``; noise it draws from the global RNG is seeded per epoch.
+        loss_fn: ``loss_fn(model, batch, step) -> (loss, parts)``; noise it draws comes from ``step.generator``.
         train_data, val_data: tuples of tensors or torch Datasets (``val_data`` may be ``None``); ``train_data`` may
             also be a function ``epoch -> tuple of tensors`` giving fresh training data for every epoch (simulating
             on the fly); it must be deterministic in ``epoch`` so that resumed runs see the same data.
@@ -166,12 +195,11 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     config = replace(config, batch_size=batch_size_for(config, num_rows))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adam(params, config)
-    gamma = (config.lr_final / config.lr) ** (1.0 / max(1, config.epochs - 1))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=_decay(config, config.epochs))
     history: list[dict] = []
     best = {"val": math.inf, "state": None, "epoch": -1}
     counted = {"val": math.inf, "epoch": -1}  # the last improvement larger than min_delta (patience counts from it)
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, planned = 0, 0.0, config.epochs
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     if ckpt is not None and ckpt.is_file():
@@ -180,26 +208,36 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
+        planned = int(state.get("planned_epochs", config.epochs))
         history = [dict(zip(state["history_keys"], row)) for row in state["history_rows"].tolist()]
         best = {"val": float(state["best_val"]), "state": state.get("best_state"), "epoch": int(state["best_epoch"])}
         counted = {"val": float(state.get("counted_val", best["val"])),
                    "epoch": int(state.get("counted_epoch", best["epoch"]))}
         if state.get("finished", False):
-            start_epoch = config.epochs
+            start_epoch = planned
 
-    bar = tqdm(range(start_epoch, config.epochs), disable=not show_progress, desc="training", unit="epoch")
-    for epoch in bar:
+    tree = SeedTree(config.seed)
+    bar = tqdm(total=planned, initial=start_epoch, disable=not show_progress, desc="training", unit="epoch")
+    epoch = start_epoch
+    while epoch < planned:
         t0 = time.perf_counter()
+        shuffle_seed, noise_seed, dropout_seed = tree.seeds("train", epoch, n=3)
+        shuffle = torch.Generator().manual_seed(shuffle_seed)
+        noise = torch.Generator(device=device).manual_seed(noise_seed)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(_epoch_seed(config.seed, epoch))
-            gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch) + 1)
+            torch.manual_seed(dropout_seed)  # subnet dropout draws from the global RNG (module docstring)
             data, first = (first if epoch == 0 else epoch_data(epoch)), None  # drop epoch 0's data once used
-            record = _run_epoch(model, loss_fn, data, optimizer, config, device, gen)
+            record = _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch)
             if val_data is not None and _num_rows(val_data) > 0:
-                record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, gen)
+                record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, noise, epoch)
         record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+        if epoch == 0 and config.max_time is not None:  # plan the epochs that fit the budget (TrainConfig.max_time)
+            planned = max(1, min(config.epochs, int(config.max_time // max(record["seconds"], 1e-9))))
+            scheduler.gamma = _decay(config, planned)
+            bar.total = planned
         scheduler.step()
         elapsed += record["seconds"]
+        record["planned_epochs"] = planned
         history.append(record)
 
         monitored = record.get("val_loss", record["train_loss"])
@@ -209,16 +247,25 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         if monitored < counted["val"] - config.min_delta:
             counted = {"val": monitored, "epoch": epoch}
         stop = (config.patience is not None and epoch - counted["epoch"] >= config.patience) or (
-            config.max_time is not None and elapsed >= config.max_time)
+            config.max_time is not None and elapsed >= config.max_time) or epoch + 1 >= planned
+        bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, counted, finished=stop)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned,
+                             finished=stop)
+        epoch += 1
         if stop:
             break
+    bar.close()
 
     if best["state"] is not None and val_data is not None:
         model.load_state_dict(best["state"])
     return history
+
+
+def _decay(config: TrainConfig, epochs: int) -> float:
+    """Per-epoch factor taking the learning rate from ``lr`` to ``lr_final`` over ``epochs`` epochs."""
+    return (config.lr_final / config.lr) ** (1.0 / max(1, epochs - 1))
 
 
 def _adam(params, config: TrainConfig) -> torch.optim.Adam:
@@ -248,15 +295,16 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
     return norm
 
 
-def _run_epoch(model, loss_fn, data, optimizer, config, device, gen) -> dict:
+def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch) -> dict:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = {}
     steps = skipped = 0
-    for batch in iterate_batches(data, config.batch_size, gen, num_workers=config.num_workers):
+    nb = num_batches(_num_rows(data), config.batch_size)
+    for i, batch in enumerate(iterate_batches(data, config.batch_size, shuffle, num_workers=config.num_workers)):
         batch = tuple(t.to(device, non_blocking=True) for t in batch)
         optimizer.zero_grad(set_to_none=True)
-        loss, parts = loss_fn(model, batch)
+        loss, parts = loss_fn(model, batch, Step(epoch, i, nb, noise))
         if not torch.isfinite(loss):
             skipped += 1
             continue
@@ -296,15 +344,16 @@ def trimmed_mean(values: Tensor, trim: float) -> float:
 
 
 @torch.no_grad()
-def _evaluate(model, loss_fn, data, config, device, gen) -> float:
+def _evaluate(model, loss_fn, data, config, device, noise, epoch) -> float:
     """Validation loss: the row-weighted mean of scalar batch losses (non-finite batches skipped), or the trimmed
     mean (``config.val_trim``) over all rows when ``loss_fn`` returns one loss per row."""
     model.eval()
     total, count, rows = 0.0, 0, []
-    for batch in iterate_batches(data, max(config.batch_size, 1024), gen, shuffle=False,
-                                 num_workers=config.num_workers):
+    size = max(config.batch_size, 1024)
+    nb = num_batches(_num_rows(data), size)
+    for i, batch in enumerate(iterate_batches(data, size, None, shuffle=False, num_workers=config.num_workers)):
         batch = tuple(t.to(device) for t in batch)
-        loss, _ = loss_fn(model, batch)
+        loss, _ = loss_fn(model, batch, Step(epoch, i, nb, noise))
         if loss.ndim == 1:
             rows.append(loss.detach().cpu())
         elif config.val_trim > 0:
@@ -319,14 +368,14 @@ def _evaluate(model, loss_fn, data, config, device, gen) -> float:
     return total / count if count else math.inf
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, counted, *,
+def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned, *,
                      finished) -> None:
     keys = sorted({k for rec in history for k in rec})
     rows = torch.tensor([[float(rec.get(k, math.nan)) for k in keys] for rec in history], dtype=torch.float64)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch, "elapsed": elapsed, "history_keys": keys, "history_rows": rows,
              "best_val": best["val"], "best_epoch": best["epoch"], "best_state": best["state"], "finished": finished,
-             "counted_val": counted["val"], "counted_epoch": counted["epoch"]}
+             "counted_val": counted["val"], "counted_epoch": counted["epoch"], "planned_epochs": planned}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)

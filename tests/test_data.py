@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from torch.distributions import Independent, Normal
 
 from sbi_inn import HDF5Dataset, hdf5_info, load_hdf5, simulate_to_hdf5
-from sbi_inn.data import chunk_seeds, split_indices
+from sbi_inn.data import split_indices
+from sbi_inn.simulation import SeedTree
 from simulators import get_simulator
 
 PRIOR2 = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
@@ -61,7 +62,9 @@ def reference_chunks(sim_fn, prior, n, chunk_size, seed):
     """What chunk ``i`` simulates, recomputed from the documented per-chunk seeds."""
     xs, outs = [], []
     for i, start in enumerate(range(0, n, chunk_size)):
-        prior_seed, sim_seed = chunk_seeds(seed, i)
+        state = np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(2, dtype=np.uint64) >> np.uint64(1)
+        prior_seed, sim_seed = int(state[0]), int(state[1])  # the documented simulation stream of the seed tree
+        assert SeedTree(seed).chunk_seeds(i) == (prior_seed, sim_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(prior_seed)
             x = prior.sample((min(chunk_size, n - start),)).float()

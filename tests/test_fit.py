@@ -10,11 +10,15 @@ import torch
 from torch.distributions import Independent, Normal, Uniform
 
 import sbi_inn.train as train_module
-from sbi_inn.fit import FitConfig, fit_posterior
-from sbi_inn.flows import FlowConfig
+from sbi_inn import DataConfig, FitConfig, FlowConfig, INNConfig, TrainConfig, fit_posterior
+from sbi_inn.config import (DEFAULT_TRAIN, SMALL_DATA_DROPOUT, SMALL_DATA_ROWS, SMALL_DATA_TRAIN, default_flow,
+                            default_train)
 from sbi_inn.priors import BoxUniform
-from sbi_inn.train import TrainConfig
+from sbi_inn.simulation import Simulation
+from sbi_inn.train import trimmed_mean
+from sbi_inn.training_data import from_simulator, split
 from simulators import get_simulator
+from simulators.set_valued import ConjugateGaussianSets
 
 TINY = {"flow": {"num_blocks": 2, "hidden": 16}, "summary_dim": 4, "summary_hidden": 16,
         "train": {"epochs": 3, "batch_size": 64}}
@@ -52,7 +56,7 @@ def test_prior_with_wrong_event_shape():
 
 
 def test_simulator_returning_wrong_rows():
-    with pytest.raises(ValueError, match="returned 32 rows .* for 64 parameter rows"):
+    with pytest.raises(ValueError, match=r"returned shape \(32, 2\), expected \(64, M\) for 64 parameter rows"):
         tiny_fit(simulate=lambda x: x[:32])
     with pytest.raises(ValueError, match=r"y\[:, None\]"):
         tiny_fit(simulate=lambda x: x.sum(1))
@@ -106,13 +110,10 @@ def test_early_stopping_monitors_the_trimmed_validation_nll():
     """fit_posterior's validation loss is the per-row NLL without the worst rows (``val_trim`` of DEFAULT_TRAIN):
     the returned model holds the best epoch's weights, so the smallest recorded validation loss is that statistic
     of the returned model on the validation rows; the untrimmed mean differs."""
-    from sbi_inn.fit import DEFAULT_TRAIN, FitConfig, _simulate_memory, _split
-    from sbi_inn.train import trimmed_mean
-
-    assert DEFAULT_TRAIN.val_trim == 0.01
     post = tiny_fit(n=400, seed=2)
-    sims = _simulate_memory(noisy_identity, BOX, 400, FitConfig(), 2, False)
-    _, val = _split(sims, 0.1, 2)
+    sims = from_simulator(Simulation(noisy_identity, BOX), 400, None, DataConfig(), 2, False)
+    _, val = split(sims, 0.1, 2)
+    assert DEFAULT_TRAIN.val_trim == 0.01
     with torch.no_grad():
         rows = post.model.eval().nll_rows(val)  # eval: the small-data flow has dropout
     assert rows.shape == (40,)
@@ -125,8 +126,6 @@ def test_partial_train_dict_overrides_the_fit_defaults():
     """``{"train": {"patience": 40}}`` changes the patience only: the automatic batch size and the 150-epoch
     schedule of ``default_train(n)`` stay (TrainConfig's class defaults are 256 and 200), for small and large
     budgets alike; a TrainConfig is taken as given."""
-    from sbi_inn.fit import DEFAULT_TRAIN, SMALL_DATA_ROWS, SMALL_DATA_TRAIN, default_train
-
     cfg = FitConfig.from_dict({"train": {"patience": 40}})
     assert cfg.train_for(10_000) == dataclasses.replace(DEFAULT_TRAIN, patience=40)
     assert cfg.train_for(900) == dataclasses.replace(SMALL_DATA_TRAIN, patience=40)
@@ -163,8 +162,6 @@ def test_list_of_1d_priors_and_one_parameter_problem():
 def test_default_flow_follows_the_parameter_count():
     """FitConfig(flow=None) builds 4 coupling blocks for two parameters and 8 otherwise (``default_flow``); an
     explicit flow is kept as given."""
-    from sbi_inn.fit import SMALL_DATA_DROPOUT, SMALL_DATA_ROWS, default_flow
-
     assert FitConfig().flow is None
     assert [default_flow(d).num_blocks for d in (1, 2, 3, 6)] == [8, 4, 8, 8]
     # small simulation budgets get subnet dropout, large ones none
@@ -247,7 +244,6 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 # -- data files ---------------------------------------------------------------------------------------------------
 def test_data_file_round_trip(tmp_path):
-    pytest.importorskip("sbi_inn.data")
     path = tmp_path / "sims.h5"
     prior = [Uniform(0.0, 1.0), Normal(0.0, 1.0)]
     with_sim = tiny_fit(prior=prior, data=path, seed=0)
@@ -263,17 +259,17 @@ def test_data_file_round_trip(tmp_path):
     with pytest.raises(TypeError, match="num_simulations"):
         fit_posterior(data=path, num_simulations=10, show_progress=False)
     # a file larger than max_memory_bytes is streamed from disk through HDF5Dataset
-    streamed = fit_posterior(data=path, config={**TINY, "max_memory_bytes": 1}, show_progress=False, seed=0)
+    streamed = fit_posterior(data=path, config=TINY, data_config={"max_memory_bytes": 1}, show_progress=False,
+                             seed=0)
     assert streamed.metadata["data"]["num_train"] + streamed.metadata["data"]["num_val"] == 300
     assert torch.isfinite(streamed.sample((10,), torch.tensor([0.5, 0.0]), seed=0)).all()
     # a simulator run asking for fewer rows than the (reused) file holds streams only those rows
-    fewer = tiny_fit(prior=prior, n=120, data=path, seed=0, config={**TINY, "max_memory_bytes": 1})
+    fewer = tiny_fit(prior=prior, n=120, data=path, seed=0, data_config={"max_memory_bytes": 1})
     assert fewer.metadata["data"]["num_train"] + fewer.metadata["data"]["num_val"] == 120
 
 
 def test_set_valued_fit_runs():
-    set_sim = pytest.importorskip("simulators.set_valued")
-    sim = set_sim.ConjugateGaussianSets(max_size=8)
+    sim = ConjugateGaussianSets(max_size=8)
     post = tiny_fit(simulate=sim, prior=None)
     assert post.is_set_valued and post.model.summary_kind == "deepset"
     y, sizes = sim.simulate(sim.prior.sample((3,)), generator=torch.Generator().manual_seed(0))
@@ -282,7 +278,6 @@ def test_set_valued_fit_runs():
 
 
 def test_inn_dispatch():
-    pytest.importorskip("sbi_inn.inn")
     cfg = {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 2, "batch_size": 64}}
     post = tiny_fit(method="inn", config=cfg)
     assert post.model.config()["type"] == "inn"
@@ -294,6 +289,129 @@ def test_inn_dispatch():
     post = tiny_fit(simulate=lambda x: x.sum(1, keepdim=True), method="inn", config=kl)
     assert all(math.isfinite(h["L_kl"]) and h["L_kl"] != 0 and h["skipped_steps"] == 0
                for h in post.metadata["history"])
+
+
+def test_memory_file_and_streamed_fits_train_on_the_same_simulations(tmp_path):
+    """One chunk loop and one seed tree: in memory, into a file, and streamed from that file (above
+    max_memory_bytes) the same seed gives the same simulations, the same split and the same training batches, so
+    the same weights; several chunks, a noisy simulator with a generator and invalid rows that are dropped."""
+    def sim(x, generator):
+        y = x + 0.05 * torch.randn(x.shape, generator=generator)
+        y[x[:, 0] < 0.05] = math.nan  # about 5 % invalid, dropped the same way everywhere
+        return y
+
+    dcfg = {"chunk_size": 70}
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        memory = tiny_fit(simulate=sim, n=300, seed=5, data_config=dcfg)
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        filed = tiny_fit(simulate=sim, n=300, seed=5, data_config=dcfg, data=tmp_path / "s.h5")
+    streamed = fit_posterior(data=tmp_path / "s.h5", config=TINY, seed=5, show_progress=False,
+                             data_config={**dcfg, "max_memory_bytes": 1})
+    other = tiny_fit(simulate=sim, n=300, seed=6, data_config=dcfg)
+    assert memory.metadata["data"]["num_invalid"] == filed.metadata["data"]["num_invalid"] > 0
+    wm, wf, ws, wo = weights(memory), weights(filed), weights(streamed), weights(other)
+    assert all(torch.equal(wm[k], wf[k]) for k in wm)
+    assert all(torch.allclose(wm[k], ws[k], atol=1e-6) for k in wm)
+    assert not all(torch.allclose(wm[k], wo[k]) for k in wm)
+    assert [h["val_loss"] for h in memory.history] == pytest.approx([h["val_loss"] for h in streamed.history])
+
+
+def test_global_random_state_is_untouched_by_fit_sample_and_diagnostics():
+    """The library draws only from its own seeded generators: torch's and numpy's global states are the same
+    before and after fitting both methods, sampling, re-simulation and ABC."""
+    from sbi_inn import diagnostics, reference
+
+    torch.manual_seed(123)
+    np.random.seed(123)
+    before_torch, before_np = torch.get_rng_state(), np.random.get_state()[1].copy()
+    cfg = {**TINY, "flow": {"num_blocks": 2, "hidden": 16, "dropout": 0.1}}  # dropout draws from the global RNG
+    post = tiny_fit(config=cfg)
+    inn = tiny_fit(method="inn", config={"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 2}},
+                   data_config={"fresh_simulations": True})
+    y = torch.tensor([[0.5, 0.5], [0.2, 0.8]])
+    s = post.sample_batched((20,), y, seed=0)
+    inn.sample((5,), y[0])
+    post.sample((5,), y[0])
+    diagnostics.resimulation_error(noisy_identity, s, y)
+    reference.abc_rejection(noisy_identity, BOX, y[0], 20, quantile=0.1)
+    assert torch.equal(torch.get_rng_state(), before_torch)
+    assert np.array_equal(np.random.get_state()[1], before_np)
+
+
+def test_fresh_simulations_per_epoch_for_both_methods():
+    """DataConfig.fresh_simulations trains epoch e >= 1 on new simulations from the seed tree's fresh stream:
+    reproducible, different from training on the same simulations, for the cINN and the INN alike; it needs a
+    simulator."""
+    for method, cfg in (("cinn", TINY), ("inn", {"flow": {"num_blocks": 2, "hidden": 16},
+                                                 "train": {"epochs": 3, "batch_size": 64}})):
+        a = tiny_fit(method=method, config=cfg, seed=1, data_config={"fresh_simulations": True})
+        b = tiny_fit(method=method, config=cfg, seed=1, data_config={"fresh_simulations": True})
+        c = tiny_fit(method=method, config=cfg, seed=1)
+        wa, wb, wc = weights(a), weights(b), weights(c)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), method
+        assert not all(torch.allclose(wa[k], wc[k]) for k in wa), method
+        assert a.metadata["data"]["fresh_simulations_per_epoch"] is True
+    with pytest.raises(ValueError, match="needs a simulator"):
+        fit_posterior(data=(torch.rand(50, 2), torch.rand(50, 2)), data_config={"fresh_simulations": True},
+                      config=TINY, show_progress=False)
+
+
+def test_checkpoint_fingerprint_refuses_another_config_data_or_seed_naming_it(tmp_path):
+    """One fingerprinted checkpoint for both methods: a directory left by a fit with another configuration, data
+    configuration, seed, method or data file is refused with the field that differs; the same fit resumes."""
+    ckpt = tmp_path / "ckpt"
+    tiny_fit(checkpoint_dir=ckpt, seed=0)
+    assert (ckpt / "checkpoint.pt").is_file() and (ckpt / "fit.json").is_file()
+    for kwargs, field in (({"seed": 1}, "seed"), ({"config": {**TINY, "summary_dim": 5}}, "config.summary_dim"),
+                          ({"data_config": {"validation_fraction": 0.2}}, "data_config.validation_fraction"),
+                          ({"method": "inn", "config": {"train": {"epochs": 2}}}, "method"),
+                          ({"n": 301}, "data.num_simulations")):
+        with pytest.raises(ValueError, match=rf"different fit \(differs in [^)]*{field}"):
+            tiny_fit(checkpoint_dir=ckpt, **kwargs)
+    # a data file whose content changed is refused although its path is the same
+    path = tmp_path / "d.h5"
+    tiny_fit(data=path, seed=0)
+    fit_posterior(data=path, config=TINY, show_progress=False, checkpoint_dir=tmp_path / "f")
+    path.unlink()
+    tiny_fit(data=path, seed=3)  # the same path, other simulations
+    with pytest.raises(ValueError, match="data.sha256"):
+        fit_posterior(data=path, config=TINY, show_progress=False, checkpoint_dir=tmp_path / "f")
+
+
+def test_inn_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 4, "batch_size": 64}}
+    full = tiny_fit(method="inn", config=cfg, seed=1, checkpoint_dir=tmp_path / "full")
+    real_run_epoch, calls = train_module._run_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_fit(method="inn", config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
+    monkeypatch.setattr(train_module, "_run_epoch", real_run_epoch)
+    resumed = tiny_fit(method="inn", config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
+    wf, wr = weights(full), weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_simulations_in_memory_as_data():
+    """data=(x, y): simulations the user already has train the same model as simulating them here."""
+    sims = from_simulator(Simulation(noisy_identity, BOX), 300, None, DataConfig(), 0, False)
+    from_sim = tiny_fit(seed=0)
+    given = fit_posterior(data=(sims.x, sims.y), prior=BOX, config=TINY, seed=0, show_progress=False)
+    wa, wb = weights(from_sim), weights(given)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert given.metadata["data"]["source"] == "arrays"
+    with pytest.raises(ValueError, match="NaN"):
+        fit_posterior(data=(sims.x, sims.y.clone().fill_(math.nan)), config=TINY, show_progress=False)
+    with pytest.raises(TypeError, match="complex"):
+        fit_posterior(data=(sims.x, sims.y.to(torch.complex64)), config=TINY, show_progress=False)
+    with pytest.raises(TypeError, match="INNConfig"):
+        fit_posterior(data=(sims.x, sims.y), config=INNConfig(), show_progress=False)
 
 
 # -- short trainings on known answers -----------------------------------------------------------------------------
@@ -357,8 +475,7 @@ def test_gaussian_mixture_matches_the_exact_posterior():
 
 @pytest.mark.slow
 def test_one_model_for_all_set_sizes_matches_the_conjugate_posterior():
-    set_sim = pytest.importorskip("simulators.set_valued")
-    sim = set_sim.ConjugateGaussianSets(min_size=1, max_size=100)
+    sim = ConjugateGaussianSets(min_size=1, max_size=100)
     cfg = FitConfig(summary_hidden=64)
     post = fit_posterior(sim, None, num_simulations=20_000, config=cfg, seed=0, show_progress=False)
     gen = torch.Generator().manual_seed(1)

@@ -9,22 +9,14 @@ import math
 import pytest
 import torch
 
+import sbi_inn.fit as fit_module
 import sbi_inn.inn as inn_module
-from sbi_inn.flows import FlowConfig
-from sbi_inn.inn import (
-    BidirectionalINN,
-    INNConfig,
-    build_inn,
-    encode_labels,
-    fit_inn,
-    inn_losses,
-    label_loss,
-    simulation_stream,
-    smoothed_labels,
-)
+import sbi_inn.losses as losses_module
+from sbi_inn import FlowConfig, INNConfig, TrainConfig, fit_posterior
+from sbi_inn.inn import BidirectionalINN, build_inn
+from sbi_inn.losses import encode_labels, inn_loss, inn_losses, label_loss, smoothed_labels
 from sbi_inn.posterior import Posterior, load_posterior
 from sbi_inn.priors import BoxUniform
-from sbi_inn.train import TrainConfig
 from simulators import get_simulator
 
 SMALL_FLOW = FlowConfig(num_blocks=2, hidden=16, num_layers=2)
@@ -51,7 +43,18 @@ def _randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> tor
 
 def _model(D=2, M=4, K=2, N=8, lo=None, hi=None) -> BidirectionalINN:
     torch.manual_seed(0)
-    return _randomize(BidirectionalINN(D, M, latent_dim=K, nominal_dim=N, flow=SMALL_FLOW, lo=lo, hi=hi))
+    return _randomize(BidirectionalINN(D, M, latent_dim=K, nominal_dim=N, flow=SMALL_FLOW, support_low=lo,
+                                       support_high=hi))
+
+
+def fit_inn(x, y, *, config, prior=None, seed=0, validation_fraction=0.0, checkpoint_dir=None) -> Posterior:
+    """The bidirectional INN trained through the public path on simulations ``(x, y)`` in memory."""
+    return fit_posterior(data=(x, y), prior=prior, method="inn", config=config, seed=seed, show_progress=False,
+                         data_config={"validation_fraction": validation_fraction}, checkpoint_dir=checkpoint_dir)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def test_config_dims_and_validation():
@@ -110,7 +113,7 @@ def _output_grads(model, term: str, config: INNConfig, x, y):
 
     handle = model.flow.register_forward_hook(hook)
     try:
-        terms = inn_losses(model, x, y, config)
+        terms = inn_losses(model, x, y, config, generator=_gen())
     finally:
         handle.remove()
     return torch.autograd.grad(terms[term], captured["out"], allow_unused=True)[0], terms
@@ -172,11 +175,11 @@ GM_FAST = INNConfig(latent_dim=2, nominal_dim=12, w_y=10.0, w_z=50.0, w_x=50.0, 
 
 def test_short_training_on_gaussian_mixture_finds_the_modes_and_ablation_fails():
     sim, x, y = _gm_data(6000, 0)
-    post = fit_inn(x, y, param_names=sim.param_names, config=GM_FAST, show_progress=False)  # ~150 steps
+    post = fit_inn(x, y, config=GM_FAST)  # ~150 steps
     good = _fraction_in_correct_modes(post, sim)
     # L_x alone matches the prior but loses the conditioning (thesis 4.2.1, Fig. 4.2): mass follows the prior
     only_x = dataclasses.replace(GM_FAST, w_y=0.0, w_z=0.0)
-    post_x = fit_inn(x, y, param_names=sim.param_names, config=only_x, show_progress=False)
+    post_x = fit_inn(x, y, config=only_x)
     bad = _fraction_in_correct_modes(post_x, sim)
     threshold = 0.5  # mean over the four labels
     print("fraction in correct modes:", good, "L_x only:", bad)
@@ -186,81 +189,70 @@ def test_short_training_on_gaussian_mixture_finds_the_modes_and_ablation_fails()
 
 
 def test_training_from_the_simulator_with_fresh_draws_each_epoch():
-    """resample=simulation_stream(...): new simulations every epoch, deterministic in the epoch; the short
+    """DataConfig.fresh_simulations: new simulations every epoch through fit_posterior; the short
     Gaussian-mixture training still finds the modes."""
     sim = get_simulator("gaussian_mixture")
-    stream = simulation_stream(sim.simulate, sim.sample_prior, 6000, seed=0)  # ~150 steps, as the test above
-    x0, y0 = stream(0)
-    assert torch.equal(stream(0)[0], x0) and not torch.equal(stream(1)[0], x0)
-    post = fit_inn(x0, y0, param_names=sim.param_names, config=GM_FAST, show_progress=False, resample=stream)
-    assert post.metadata["fresh_simulations_per_epoch"] is True
+    post = fit_posterior(sim, sim.prior, num_simulations=6000, method="inn", config=GM_FAST, seed=0,  # ~150 steps
+                         data_config={"fresh_simulations": True, "validation_fraction": 0.0}, show_progress=False)
+    assert post.metadata["data"]["fresh_simulations_per_epoch"] is True
     good = _fraction_in_correct_modes(post, sim)
     assert sum(good) / 4 > 0.5, good
 
 
-def test_stream_acceptance_reweights_observations_only():
-    """accept(y) changes the mixture of observations but not p(x | y): within a region of y the kept parameters
-    follow the prior-simulated ones."""
-    sim = get_simulator("inverse_kinematics")
-
-    def accept(y):
-        return torch.where(y[:, 0] > 0, torch.ones(()), torch.full((), 0.25))
-
-    n = 40_000
-    x, y = simulation_stream(sim.simulate, sim.sample_prior, n, seed=1, accept=accept)(0)
-    assert x.shape == (n, 4) and y.shape == (n, 2)
-    assert torch.equal(simulation_stream(sim.simulate, sim.sample_prior, n, seed=1, accept=accept)(0)[0], x)
-    g = torch.Generator().manual_seed(2)
-    x_ref = sim.sample_prior(4 * n, generator=g)
-    y_ref = sim.simulate(x_ref, generator=g)
-    p_pos = (y_ref[:, 0] > 0).float().mean().item()
-    expected = p_pos / (p_pos + 0.25 * (1 - p_pos))
-    assert abs((y[:, 0] > 0).float().mean().item() - expected) < 0.01
-    for sign in (1, -1):  # conditional moments of x given a region of y
-        region, ref_region = sign * y[:, 0] > 0.5, sign * y_ref[:, 0] > 0.5
-        torch.testing.assert_close(x[region].mean(0), x_ref[ref_region].mean(0), atol=0.02, rtol=0)
-        torch.testing.assert_close(x[region].std(0), x_ref[ref_region].std(0), atol=0.02, rtol=0)
-    with pytest.raises(ValueError, match="probabilities"):
-        simulation_stream(sim.simulate, sim.sample_prior, 10, accept=lambda y: 2 * torch.ones(len(y)))(0)
-
-
 def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
-    sim, x, y = _gm_data(600, 1)
+    """Interrupted in the second epoch while the L_x weight is still ramping up, the resumed fit ends with the
+    weights of the uninterrupted one (the ramp follows the training step, not a counter in the model)."""
+    sim, x, y = _gm_data(700, 1)
     config = INNConfig(latent_dim=2, nominal_dim=6, x_ramp_epochs=2, flow=SMALL_FLOW,
                        train=TrainConfig(epochs=3, batch_size=200, patience=None))
-    kwargs = dict(x_val=x[:100], y_val=y[:100], config=config, show_progress=False, seed=3)
+    kwargs = dict(config=config, seed=3, validation_fraction=1 / 7)
     full = fit_inn(x, y, **kwargs)
+    make = inn_loss
 
-    make = inn_module.make_loss_fn
+    def crashing(config, *, ramp=True, prior_log_prob=None):
+        fn, calls = make(config, ramp=ramp, prior_log_prob=prior_log_prob), [0]
 
-    def crashing(config, steps, *, ramp=True, prior_log_prob=None):
-        fn, calls = make(config, steps, ramp=ramp, prior_log_prob=prior_log_prob), [0]
-
-        def loss_fn(model, batch):
+        def loss_fn(model, batch, step):
             if ramp:
                 calls[0] += 1
                 if calls[0] > 4:  # in the middle of the second epoch
                     raise KeyboardInterrupt
-            return fn(model, batch)
+            return fn(model, batch, step)
 
         return loss_fn
 
-    ckpt = tmp_path / "inn.pt"
-    monkeypatch.setattr(inn_module, "make_loss_fn", crashing)
+    monkeypatch.setattr(fit_module, "inn_loss", crashing)
     with pytest.raises(KeyboardInterrupt):
-        fit_inn(x, y, checkpoint_path=ckpt, **kwargs)
-    monkeypatch.setattr(inn_module, "make_loss_fn", make)
-    resumed = fit_inn(x, y, checkpoint_path=ckpt, **kwargs)
+        fit_inn(x, y, checkpoint_dir=tmp_path / "ckpt", **kwargs)
+    monkeypatch.setattr(fit_module, "inn_loss", make)
+    resumed = fit_inn(x, y, checkpoint_dir=tmp_path / "ckpt", **kwargs)
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert len(resumed.metadata["history"]) == 3
 
 
+def test_x_ramp_follows_the_training_step():
+    """The L_x weight grows linearly over x_ramp_epochs epochs of training steps (validation: the full weight)."""
+    from sbi_inn.train import Step
+
+    model = _model(D=2, M=4, K=2, N=8)
+    sim, x, y = _gm_data(64, 0)
+    model.fit_standardization(x, y)
+    cfg = INNConfig(latent_dim=2, nominal_dim=8, x_ramp_epochs=2, w_y=0, w_z=0, w_pad=0, w_rec=0)
+    ramped, full = inn_loss(cfg), inn_loss(cfg, ramp=False)
+    for epoch, batch, factor in ((0, 0, 0.0), (0, 2, 0.25), (1, 0, 0.5), (2, 0, 1.0), (5, 3, 1.0)):
+        loss, parts = ramped(model, (x, y), Step(epoch, batch, 4, _gen()))
+        torch.testing.assert_close(loss, torch.tensor(factor * cfg.w_x * parts["L_x"]))
+        loss, parts = full(model, (x, y), Step(epoch, batch, 4, _gen()))
+        torch.testing.assert_close(loss, torch.tensor(cfg.w_x * parts["L_x"]))
+
+
 def test_save_load_round_trip(tmp_path):
     sim, x, y = _gm_data(400, 2)
     config = INNConfig(latent_dim=2, nominal_dim=6, flow=SMALL_FLOW, train=TrainConfig(epochs=1, batch_size=200))
-    lo, hi = torch.tensor([-10.0, -math.inf]), torch.tensor([10.0, math.inf])
-    post = fit_inn(x, y, prior_bounds=(lo, hi), param_names=sim.param_names, config=config, show_progress=False)
+    prior = [torch.distributions.Uniform(-10.0, 10.0), torch.distributions.Normal(0.0, 5.0)]
+    post = fit_inn(x, y, prior=prior, config=config)
+    assert post.model.config()["support_low"] == [-10.0, None] and post.model.config()["support_high"] == [10.0, None]
     path = post.save(tmp_path / "gm.sbi")
     loaded = load_posterior(path, device="cpu")
     assert loaded.model.config() == post.model.config()
@@ -310,14 +302,15 @@ def test_y_loss_config_validation_and_round_trip():
         BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, y_loss="ce", label_smoothing=0.0)
     # a loss config that disagrees with the model's y-space is refused
     with pytest.raises(ValueError, match="y_loss"):
-        inn_losses(model, torch.zeros(3, 2), torch.eye(4)[:3], INNConfig(latent_dim=2, nominal_dim=8))
+        inn_losses(model, torch.zeros(3, 2), torch.eye(4)[:3], INNConfig(latent_dim=2, nominal_dim=8),
+                   generator=_gen())
 
 
 def _ce_model(eps: float = 0.05) -> BidirectionalINN:
     torch.manual_seed(0)
     model = BidirectionalINN(2, 4, latent_dim=2, nominal_dim=8, flow=SMALL_FLOW, y_loss="ce", label_smoothing=eps)
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3] * 8)
-    return _randomize(model).fit_normalization(torch.randn(64, 2), torch.eye(4)[labels])
+    return _randomize(model).fit_standardization(torch.randn(64, 2), torch.eye(4)[labels])
 
 
 def test_label_encoding_values_and_non_label_errors():
@@ -353,7 +346,7 @@ def test_label_encoding_values_and_non_label_errors():
     sim, x, y_gm = _gm_data(50, 0)
     config = INNConfig(latent_dim=2, nominal_dim=8, y_loss="ce", flow=SMALL_FLOW, train=TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="sum to 1"):
-        fit_inn(x, 0.5 * y_gm, config=config, show_progress=False)
+        fit_inn(x, 0.5 * y_gm, config=config)
     # the squared loss still takes any observation
     mse = _model()
     assert torch.equal(mse.condition(torch.tensor([[0.5, 0.7, 3.0, -1.0]])),
@@ -385,7 +378,7 @@ def test_ce_gradient_vanishes_where_the_inverse_is_fed():
         out = torch.cat([y_space_value, torch.zeros(len(y), 4)], 1).requires_grad_(True)
         model.forward = lambda x_padded: (out, torch.zeros(len(y)))
         try:
-            terms = inn_losses(model, torch.zeros(len(y), 2), y, config)
+            terms = inn_losses(model, torch.zeros(len(y), 2), y, config, generator=_gen())
         finally:
             del model.forward
         return torch.autograd.grad(terms["y"], out)[0]
@@ -400,7 +393,7 @@ GM_CE = dataclasses.replace(GM_FAST, y_loss="ce", w_y=100.0)  # w_y: see the INN
 
 def test_short_ce_training_on_gaussian_mixture_finds_the_modes_and_broken_ce_fails(monkeypatch):
     sim, x, y = _gm_data(6000, 0)
-    post = fit_inn(x, y, param_names=sim.param_names, config=GM_CE, show_progress=False)  # ~150 steps
+    post = fit_inn(x, y, config=GM_CE)  # ~150 steps
     good = _fraction_in_correct_modes(post, sim)
     model = post.model.eval()
     with torch.no_grad():
@@ -411,15 +404,15 @@ def test_short_ce_training_on_gaussian_mixture_finds_the_modes_and_broken_ce_fai
         ce = -(smoothed_labels(y, eps) * torch.log_softmax(logits, -1)).sum(-1)
         return (-ce + logits.mean(-1) ** 2).mean()
 
-    monkeypatch.setattr(inn_module, "label_loss", wrong_sign)
+    monkeypatch.setattr(losses_module, "label_loss", wrong_sign)
     try:
-        bad_sign = _fraction_in_correct_modes(fit_inn(x, y, config=GM_CE, show_progress=False), sim)
+        bad_sign = _fraction_in_correct_modes(fit_inn(x, y, config=GM_CE), sim)
     except FloatingPointError:  # the unbounded loss diverged (clipping keeps it finite here): broken either way
         bad_sign = [0.0] * 4
     monkeypatch.undo()
     # the inverse fed log q without centring: still a CE optimum, but not the forward pass's (the penalty's) one
     monkeypatch.setattr(inn_module, "encode_labels", lambda y, eps: torch.log(smoothed_labels(y, eps)))
-    bad_shift = _fraction_in_correct_modes(fit_inn(x, y, config=GM_CE, show_progress=False), sim)
+    bad_shift = _fraction_in_correct_modes(fit_inn(x, y, config=GM_CE), sim)
     monkeypatch.undo()
     threshold = 0.5  # mean over the four labels, as for the squared loss
     print("fraction in correct modes (ce):", good, "wrong-sign CE:", bad_sign, "uncentred inverse input:", bad_shift,
@@ -437,7 +430,7 @@ def test_ce_save_load_round_trip_and_old_files_load_as_mse(tmp_path):
     sim, x, y = _gm_data(400, 2)
     config = INNConfig(latent_dim=2, nominal_dim=6, y_loss="ce", label_smoothing=0.1, flow=SMALL_FLOW,
                        train=TrainConfig(epochs=1, batch_size=200))
-    post = fit_inn(x, y, param_names=sim.param_names, config=config, show_progress=False)
+    post = fit_inn(x, y, config=config)
     loaded = load_posterior(post.save(tmp_path / "gm_ce.sbi"), device="cpu")
     assert loaded.model.config() == post.model.config()
     assert (loaded.model.y_loss, loaded.model.label_smoothing) == ("ce", 0.1)
@@ -450,8 +443,7 @@ def test_ce_save_load_round_trip_and_old_files_load_as_mse(tmp_path):
         loaded.sample((5,), torch.tensor([1.0, 1.0, 0.0, 0.0]))
 
     # a file written before y_loss existed (no y_loss / label_smoothing anywhere) loads as the squared loss
-    mse = fit_inn(x, y, param_names=sim.param_names, config=dataclasses.replace(config, y_loss="mse"),
-                  show_progress=False)
+    mse = fit_inn(x, y, config=dataclasses.replace(config, y_loss="mse"))
     path = mse.save(tmp_path / "gm_old.sbi")
     blob = torch.load(path, weights_only=True)
     header = json.loads(blob["header"])
@@ -461,6 +453,14 @@ def test_ce_save_load_round_trip_and_old_files_load_as_mse(tmp_path):
     old = load_posterior(path, device="cpu")
     assert old.model.y_loss == "mse" and INNConfig.from_dict(old.metadata["config"]).y_loss == "mse"
     assert torch.equal(old.sample((50,), torch.eye(4)[0], seed=1), mse.sample((50,), torch.eye(4)[0], seed=1))
+    # files of sbi_inn 0.1 name the support bounds lo / hi and carry a training-step counter among the weights
+    header["model"]["lo"] = header["model"].pop("support_low")
+    header["model"]["hi"] = header["model"].pop("support_high")
+    state = {**blob["state_dict"], "train_steps": torch.tensor(150)}
+    torch.save({"header": json.dumps(header), "state_dict": state}, path)
+    older = load_posterior(path, device="cpu")
+    assert older.model.config() == old.model.config()
+    assert torch.equal(older.sample((50,), torch.eye(4)[0], seed=1), mse.sample((50,), torch.eye(4)[0], seed=1))
 
 
 def test_support_term_is_the_hinge_on_overdispersed_backward_samples():
@@ -469,20 +469,19 @@ def test_support_term_is_the_hinge_on_overdispersed_backward_samples():
     g = torch.Generator().manual_seed(0)
     x = sim.sample_prior(64, generator=g)
     y = sim.simulate(x, generator=g)
-    model.fit_normalization(x, y)
-    off = inn_losses(model, x, y, INNConfig(latent_dim=2, nominal_dim=8))
+    model.fit_standardization(x, y)
+    off = inn_losses(model, x, y, INNConfig(latent_dim=2, nominal_dim=8), generator=_gen())
     assert float(off["support"]) == 0.0  # disabled by default, no extra pass
     cfg = INNConfig(latent_dim=2, nominal_dim=8, w_support=1.0, support_radius=0.3, support_latent_scale=2.0,
                     pad_noise=0.0)
-    torch.manual_seed(1)
-    terms = inn_losses(model, x, y, cfg)
+    terms = inn_losses(model, x, y, cfg, generator=_gen(1))
     # replay the same random draws: the support pass is the last one inn_losses makes
-    torch.manual_seed(1)
-    ys = model.encode_y(y) + cfg.y_noise * torch.randn(64, 4)
-    # then, in order: forward padding (6), L_z latents (2), L_x latents (2) and padding (2), L_rec padding (2)
-    for width in (6, 2, 2, 2, 2):
-        torch.randn(64, width)
-    zt = 2.0 * torch.randn(16, 2)  # a quarter of the batch
+    g = _gen(1)
+    ys = model.encode_y(y) + cfg.y_noise * torch.randn(64, 4, generator=g)
+    # then, in order: L_z latents (2), L_x latents (2); paddings of zero noise (pad_noise=0) draw nothing
+    for width in (2, 2):
+        torch.randn(64, width, generator=g)
+    zt = 2.0 * torch.randn(16, 2, generator=g)  # a quarter of the batch
     xt = model.inverse(model.join_yz(ys[:16], zt))[0][:, :2]
     expected = torch.relu(xt.abs() - 0.3).square().sum(-1).mean()
     assert float(terms["support"].detach()) > 0
@@ -490,7 +489,7 @@ def test_support_term_is_the_hinge_on_overdispersed_backward_samples():
     grads = torch.autograd.grad(terms["support"], [p for p in model.parameters() if p.requires_grad],
                                 allow_unused=True)
     assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)  # it trains the inverse pass
-    wide = inn_losses(model, x, y, dataclasses.replace(cfg, support_radius=1e3))
+    wide = inn_losses(model, x, y, dataclasses.replace(cfg, support_radius=1e3), generator=_gen(1))
     assert float(wide["support"].detach()) == 0.0  # everything inside the radius: no penalty
     with pytest.raises(ValueError, match="support_radius"):
         INNConfig(support_radius=0.0)
@@ -508,19 +507,17 @@ def test_kl_term_is_the_reverse_kl_by_change_of_variables(float64_default):
     x = torch.stack([torch.randn(n, generator=g), torch.rand(n, generator=g) * 3, 2 * torch.rand(n, generator=g) - 1,
                      torch.randn(n, generator=g)], 1)
     y = torch.randn(n, 2, generator=g)
-    model.fit_normalization(x, y)
+    model.fit_standardization(x, y)
 
     def prior_lp(t):
         return -0.5 * (t**2).sum(-1) + torch.log(1 + t[:, 1])
 
     cfg = INNConfig(latent_dim=2, nominal_dim=4, w_kl=1.0)
-    torch.manual_seed(1)
-    terms = inn_losses(model, x, y, cfg, prior_lp)
-    torch.manual_seed(1)  # replay: y noise, forward x-padding (none), L_z latents, L_x latents, L_x y-padding (none)
-    ys = model.encode_y(y) + cfg.y_noise * torch.randn(n, 2)
-    torch.randn(n, 0)
-    torch.randn(n, 2)
-    zb = torch.randn(n, 2)
+    terms = inn_losses(model, x, y, cfg, prior_lp, generator=_gen(1))
+    g = _gen(1)  # replay: y noise, L_z latents, L_x latents (no x- or y-padding here)
+    ys = model.encode_y(y) + cfg.y_noise * torch.randn(n, 2, generator=g)
+    torch.randn(n, 2, generator=g)
+    zb = torch.randn(n, 2, generator=g)
     inputs = torch.cat([ys, zb], 1)
     expected = []
     for row in inputs:
@@ -536,7 +533,7 @@ def test_kl_term_is_the_reverse_kl_by_change_of_variables(float64_default):
     torch.testing.assert_close(terms["kl"], torch.stack(expected).mean(), rtol=1e-8, atol=1e-8)
     grads = torch.autograd.grad(terms["kl"], [p for p in model.parameters() if p.requires_grad], allow_unused=True)
     assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)  # it trains the inverse pass
-    assert float(inn_losses(model, x, y, INNConfig(latent_dim=2, nominal_dim=4))["kl"]) == 0.0  # off by default
+    assert float(inn_losses(model, x, y, INNConfig(latent_dim=2, nominal_dim=4), generator=_gen())["kl"]) == 0.0
 
     # a saturated logit rounds onto the bound of a box prior; its density is taken just inside
     boxed = _model(D=2, M=1, K=1, N=2, lo=torch.tensor([0.0, -1.0]), hi=torch.tensor([1.0, 1.0]))
@@ -544,10 +541,11 @@ def test_kl_term_is_the_reverse_kl_by_change_of_variables(float64_default):
     assert torch.isfinite(boxed.prior_log_prob_internal(torch.tensor([[60.0, -60.0], [0.0, 0.0]]), box.log_prob)).all()
 
     with pytest.raises(ValueError, match="log-density"):
-        inn_losses(model, x, y, cfg)
+        inn_losses(model, x, y, cfg, generator=_gen())
     padded = _model(D=2, M=4, K=2, N=8)
     with pytest.raises(ValueError, match="x-padding"):
-        inn_losses(padded, x[:, :2], torch.randn(n, 4), INNConfig(latent_dim=2, nominal_dim=8, w_kl=1.0), prior_lp)
+        inn_losses(padded, x[:, :2], torch.randn(n, 4), INNConfig(latent_dim=2, nominal_dim=8, w_kl=1.0), prior_lp,
+                   generator=_gen())
     with pytest.raises(ValueError, match="w_kl"):
         INNConfig(w_kl=-1.0)
 
@@ -565,7 +563,7 @@ def test_kl_and_y_loss_alone_give_the_analytic_posterior():
         cfg = INNConfig(deterministic=True, w_kl=w_kl, w_x=0.0, w_z=0.0,
                         flow=FlowConfig(num_blocks=3, hidden=32, num_layers=2, clamp=1.0),
                         train=TrainConfig(epochs=10, batch_size=200, lr=3e-3, lr_final=3e-4, patience=None))
-        post = fit_inn(x, y, config=cfg, show_progress=False, prior_log_prob=prior.log_prob, seed=0)
+        post = fit_inn(x, y, config=cfg, prior=prior, seed=0)
         stds[w_kl] = []
         for y_star in (-1.5, 0.0, 2.0):
             s = post.sample((4000,), torch.tensor([y_star]), seed=1)

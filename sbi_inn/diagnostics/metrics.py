@@ -12,7 +12,6 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -22,6 +21,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from sbi_inn.meanshift import mean_shift as _mean_shift
+from sbi_inn.simulation import SeedTree, Simulation
 
 __all__ = [
     "resimulation_error",
@@ -83,36 +83,30 @@ def check_truth(x_true, samples: Tensor, name: str = "x_true") -> Tensor:
 
 
 # -- re-simulation ---------------------------------------------------------------------------------------------------
-def _accepts_generator(fn: Callable) -> bool:
-    try:
-        return "generator" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def simulate_chunked(simulate: Callable, x: Tensor, chunk_size: int = 100_000,
                      generator: torch.Generator | None = None) -> Tensor:
-    """Run ``simulate`` on ``x`` ``(N, D)`` in chunks; returns ``(N, M)`` on ``x``'s device and dtype.
+    """Run ``simulate`` on ``x`` ``(N, D)`` in chunks; returns ``(N, M)`` on ``x``'s device (floating outputs keep
+    their dtype).
 
-    ``generator`` is passed on when given and when ``simulate`` has a ``generator`` parameter (as every simulator
-    in ``simulators`` does). Numpy outputs are accepted; set-valued outputs (tuples) are rejected.
+    The simulator is called through ``sbi_inn.simulation.Simulation``: ``generator`` is passed on when
+    ``simulate`` takes one (as every simulator in ``simulators`` does); without ``generator`` chunk ``i`` is seeded
+    from the ``resimulation`` stream of ``SeedTree(0)``, so the result is reproducible and the global RNG untouched.
+    Numpy outputs are accepted; set-valued outputs (tuples) are rejected.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    pass_generator = generator is not None and _accepts_generator(simulate)
+    sim = Simulation(simulate, require_prior=False, dtype=None)
+    sim.is_set_valued = False
+    tree = SeedTree(0)
     out = []
-    for start in range(0, x.shape[0], chunk_size):
+    for i, start in enumerate(range(0, x.shape[0], chunk_size)):
         xs = x[start:start + chunk_size]
-        ys = simulate(xs, generator=generator) if pass_generator else simulate(xs)
-        if isinstance(ys, tuple):
+        out_i = sim.call(xs, generator if generator is not None else tree.seed("resimulation", i))
+        if isinstance(out_i, tuple):
             raise TypeError("simulate returned a tuple (a set-valued simulator?); these diagnostics need "
                             "simulate(x (N, D)) -> y (N, M)")
-        ys = torch.as_tensor(np.asarray(ys) if not isinstance(ys, Tensor) else ys)
-        ys = ys.to(device=x.device, dtype=x.dtype if torch.is_floating_point(x) else ys.dtype)
-        if ys.ndim != 2 or ys.shape[0] != xs.shape[0]:
-            raise ValueError(f"simulate must map parameters (N, D) to observations (N, M); for input of shape "
-                             f"{tuple(xs.shape)} it returned shape {tuple(ys.shape)}")
-        out.append(ys)
+        ys = sim.parse(xs, out_i).y
+        out.append(ys.to(dtype=x.dtype) if torch.is_floating_point(x) and ys.dtype != x.dtype else ys)
     return torch.cat(out)
 
 
