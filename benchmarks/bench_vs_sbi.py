@@ -248,7 +248,7 @@ def worker(spec: dict) -> dict:
         info = {"epochs": int(posterior.metadata.get("epochs_run", len(posterior.history))),
                 "inner_train_seconds": posterior.metadata.get("train_seconds"),
                 "summary": posterior.metadata.get("summary"), "batched_sampler": "Posterior.sample_batched",
-                "fit_config": posterior.metadata.get("fit_config")}
+                "fit_config": posterior.metadata.get("config")}
 
     draw, draw_batched = _draw_fns(method, posterior, is_set)
     train_peak = mem.peak() - rss0

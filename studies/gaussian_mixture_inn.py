@@ -1,6 +1,7 @@
 """Bidirectional INN on the eight-mode Gaussian mixture (thesis 4.2.1, Fig. 4.2 and the latent layout of Fig. 4.5).
 
-Three variants are trained on the same simulations for the same wall-clock budget: all losses (L_y, L_z, L_x and
+Three variants are trained through ``fit_posterior(method="inn")`` on the same simulations for the same number of
+epochs: all losses (L_y, L_z, L_x and
 the padding terms), forward training only (L_y + L_z) and inverse training only (L_x). For every label y* we
 report the fraction of posterior samples within 3 sigma of a mixture component carrying that label, and the MMD and
 C2ST accuracy against the exact posterior (``simulator.sample_posterior``). Figures: samples per variant coloured by
@@ -8,13 +9,14 @@ label (Fig. 4.2) and the latent-space layout for fixed labels (Fig. 4.5: hue = c
 brightness = closeness; white circles hold 50 % and 90 % of p(z)).
 
 Usage:
-    python studies/gaussian_mixture_inn.py [--budget-minutes 6] [--num-train 200000] [--y-loss mse|ce] [--quick]
+    python studies/gaussian_mixture_inn.py [--epochs 6] [--num-train 200000] [--y-loss mse|ce] [--quick] [--force]
 
 ``--y-loss ce`` trains with the cross-entropy on label logits instead of the squared loss on one-hot vectors
 (``sbi_inn.inn`` module docstring, thesis 4.1.2), with ``w_y`` raised tenfold as the ``INNConfig`` docstring advises.
 
-Writes ``studies/results/gaussian_mixture_inn/``: ``gaussian_mixture_inn.json``, ``fig_4_2_samples.png``,
-``fig_4_5_latent_layout.png`` and one ``samples_<variant>.png`` per variant.
+The default run writes ``studies/results/gaussian_mixture_inn/``: ``gaussian_mixture_inn.json``,
+``fig_4_2_samples.png``, ``fig_4_5_latent_layout.png`` and one ``samples_<variant>.png`` per variant; any other
+setting writes to ``variants/<tag>/`` beside them (git-ignored). Existing results are refused without ``--force``.
 """
 
 from __future__ import annotations
@@ -33,10 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sbi_inn import diagnostics, plots  # noqa: E402
-from sbi_inn.flows import FlowConfig  # noqa: E402
-from sbi_inn.inn import INNConfig, fit_inn, plan_epochs  # noqa: E402
-from sbi_inn.train import TrainConfig  # noqa: E402
+from sbi_inn import FlowConfig, INNConfig, TrainConfig, diagnostics, fit_posterior, plots  # noqa: E402
 from simulators import get_simulator  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "gaussian_mixture_inn"
@@ -46,7 +45,8 @@ VARIANTS = {"all losses": {}, "L_y + L_z": {"w_x": 0.0}, "L_x only": {"w_y": 0.0
 # 16 and a learning rate of 6e-3 instead of 1e-3 (the budget here is minutes, not the thesis' 1e6 x many epochs)
 CONFIG = INNConfig(latent_dim=2, nominal_dim=12, w_y=10.0, w_z=50.0, w_x=50.0, w_pad=10.0, w_rec=10.0,
                    widths=(0.05, 0.2, 0.9), flow=FlowConfig(num_blocks=3, hidden=64, num_layers=3),
-                   train=TrainConfig(batch_size=200, lr=6e-3, lr_final=1e-4, patience=None))
+                   train=TrainConfig(epochs=6, batch_size=200, lr=6e-3, lr_final=1e-4, patience=None))
+NUM_VAL = 4000  # fixed validation simulations (2 % of the default 200 000)
 LABEL_NAMES = ["red", "blue", "green", "purple"]  # thesis Fig. 4.2: 4 + 2 + 1 + 1 components
 
 
@@ -101,48 +101,49 @@ def latent_layout(post, sim, labels, path, resolution: int = 200):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-minutes", type=float, default=6.0, help="training budget for all three variants")
+    parser.add_argument("--epochs", type=int, default=CONFIG.train.epochs, help="training epochs of each variant")
     parser.add_argument("--num-train", type=int, default=200_000, help="simulations (thesis: 1e6)")
     parser.add_argument("--num-samples", type=int, default=4000, help="posterior samples per label")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out", default=None, help="output folder (default: the canonical one for the default run, "
+                        "variants/<tag>/ beside it otherwise)")
+    parser.add_argument("--force", action="store_true", help="write over existing results")
     parser.add_argument("--y-loss", choices=("mse", "ce"), default="mse",
                         help="L_y: squared loss on one-hot labels (thesis 4.2.1) or cross-entropy (ce: w_y x 10)")
     parser.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.budget_minutes, args.num_train, args.num_samples = 0.6, 6000, 1000
+        args.epochs, args.num_train, args.num_samples = 2, 6000, 1000
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    changed = sorted(k for k, v in vars(args).items()
+                     if k not in ("out", "force", "threads") and v != parser.get_default(k))
+    tag = "_".join(k if k == "quick" else f"{k}={getattr(args, k)}" for k in changed)
+    out = Path(args.out) if args.out else (OUT / "variants" / tag if changed else OUT)
+    if (out / "gaussian_mixture_inn.json").exists() and not args.force:
+        parser.error(f"{out / 'gaussian_mixture_inn.json'} exists; pass --force to write over it")
     out.mkdir(parents=True, exist_ok=True)
     sim = get_simulator("gaussian_mixture")
-    gen = torch.Generator().manual_seed(args.seed)
-    x = sim.sample_prior(args.num_train, generator=gen)
-    y = sim.simulate(x, generator=gen)
-    x_val = sim.sample_prior(max(1000, args.num_train // 50), generator=gen)
-    y_val = sim.simulate(x_val, generator=gen)
-    budget = 60 * args.budget_minutes / len(VARIANTS)
     base = CONFIG if args.y_loss == "mse" else dataclasses.replace(CONFIG, y_loss="ce", w_y=10 * CONFIG.w_y)
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=args.epochs))
+    num_val = min(NUM_VAL, max(1000, args.num_train // 50))
+    data_config = {"validation_fraction": num_val / (args.num_train + num_val)}
 
-    results = {"budget_minutes": args.budget_minutes, "num_train": args.num_train, "seed": args.seed,
+    results = {"epochs": args.epochs, "num_train": args.num_train, "seed": args.seed,
                "threads": args.threads, "config": base.to_dict(), "variants": {}}
     posteriors = {}
     for name, weights in VARIANTS.items():
         config = dataclasses.replace(base, **weights)
-        epochs = plan_epochs(config, x, y, budget, overhead=1.1)
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs,
-                                                                       max_time=1.2 * budget))
-        print(f"training '{name}': {epochs} epochs of {args.num_train} in about {budget / 60:.1f} min")
-        t0 = time.perf_counter()
-        post = fit_inn(x, y, x_val, y_val, param_names=sim.param_names, config=config, seed=args.seed,
-                       show_progress=not args.quick)
+        print(f"training '{name}': {args.epochs} epochs of {args.num_train} simulations")
+        t0 = time.perf_counter()  # the same seed: every variant trains on the same simulations and split
+        post = fit_posterior(sim, sim.prior, num_simulations=args.num_train + num_val, method="inn", config=config,
+                             data_config=data_config, seed=args.seed, show_progress=not args.quick)
         seconds = time.perf_counter() - t0
         posteriors[name] = post
         metrics = evaluate(post, sim, args.num_samples, min(args.num_samples, 2000), args.seed)
         last = post.metadata["history"][-1]
         results["variants"][name] = {
-            "train_seconds": seconds, "epochs_run": len(post.metadata["history"]), "epochs_planned": epochs,
+            "train_seconds": seconds, "epochs_run": len(post.metadata["history"]),
             "final_losses": {k: last[k] for k in ("L_y", "L_z", "L_x", "L_pad", "L_rec", "val_loss") if k in last},
             "per_label": metrics,
             "mean_fraction_in_correct_modes": float(np.mean([m["fraction_in_correct_modes"]

@@ -2,8 +2,9 @@
 
 With Gaussian noise on the end point (``noise = sigma_y``, default 0.01) the arm has a proper likelihood, so emcee
 gives a reference posterior to measure the others against. The two amortised methods (the bidirectional INN of
-thesis ch. 4 and the conditional INN of ch. 3) are trained with ``fit_posterior`` on the same ``N`` simulations,
-each within a wall-clock budget; rejection ABC (threshold ``epsilon`` = a few times the noise) and MCMC are run per
+thesis ch. 4 and the conditional INN of ch. 3) are trained with ``fit_posterior`` on the same ``N`` simulations
+for a fixed number of epochs (56 and 12, what a 3-minute budget each gave on one core; ``--minutes`` plans them to a
+budget instead); rejection ABC (threshold ``epsilon`` = a few times the noise) and MCMC are run per
 observation. MCMC walkers start at prior draws accepted by a small rejection-ABC run (``--mcmc-init abc``; raw prior
 draws leave some walkers stranded far from the posterior ridge). Everything is seeded.
 
@@ -19,7 +20,7 @@ Outputs (``--out``, default ``studies/results/ik_noise_comparison``):
 
 Usage:
     python studies/ik_noise_comparison.py --quick                 # smoke run, well under a minute
-    python studies/ik_noise_comparison.py --minutes 3             # 3 minutes of training per amortised method
+    python studies/ik_noise_comparison.py                         # the committed results
     python studies/ik_noise_comparison.py --num-simulations 100000 --minutes 5 --num-ref 10
 """
 
@@ -58,13 +59,23 @@ COLUMNS = {  # table column -> what it means (written under the table)
 }
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "ik_noise_comparison"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="studies/results/ik_noise_comparison", help="folder for tables and plots")
+    p.add_argument("--out", default=None, help="folder for tables and plots (default: studies/results/"
+                   "ik_noise_comparison for the default run, its variants/<tag>/ for any other)")
+    p.add_argument("--force", action="store_true", help="write over existing results")
     p.add_argument("--work", default="outputs/ik_noise_comparison", help="folder for the simulations and models")
     p.add_argument("--noise", type=float, default=0.01, help="std of the observation noise (> 0)")
     p.add_argument("--num-simulations", type=int, default=50_000, help="training simulations (shared)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training budget of each amortised method")
+    p.add_argument("--epochs-cinn", type=int, default=56, help="training epochs of the cINN (early stopping may end "
+                   "it sooner)")
+    p.add_argument("--epochs-inn", type=int, default=12, help="training epochs of the INN")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="plan each method's epochs to this wall-clock budget instead (results then depend on the "
+                        "machine)")
     p.add_argument("--num-test", type=int, default=200, help="test observations for the amortised methods")
     p.add_argument("--num-ref", type=int, default=6, help="observations with ABC and MCMC references")
     p.add_argument("--num-samples", type=int, default=2000, help="posterior samples per observation")
@@ -81,10 +92,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.quick:
-        args.num_simulations, args.minutes, args.num_test, args.num_ref = 3000, 0.08, 40, 3
+        args.num_simulations, args.epochs_cinn, args.epochs_inn, args.num_test, args.num_ref = 3000, 3, 2, 40, 3
         args.num_samples, args.mcmc_walkers, args.mcmc_max_steps = 500, 32, 1500
     if not args.noise > 0:
         p.error("--noise must be > 0 (MCMC needs a likelihood)")
+    if args.out is None:
+        changed = sorted(k for k, v in vars(args).items()
+                         if k not in ("out", "force", "quiet", "threads", "work") and v != p.get_default(k))
+        tag = "_".join(k if k == "quick" else f"{k}={getattr(args, k)}" for k in changed)
+        args.out = str(RESULTS / "variants" / tag) if changed else str(RESULTS)
+    if (Path(args.out) / "results.json").exists() and not args.force:
+        p.error(f"{Path(args.out) / 'results.json'} exists; pass --force to write over it")
     if args.num_ref < 3:
         p.error("--num-ref must be at least 3 (three corner plots)")
     return args
@@ -92,30 +110,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- amortised methods ----------------------------------------------------------------------------------------------
 def amortised_configs(args) -> dict:
-    """Training settings of the cINN and the INN: the same flow size, optimiser and wall-clock budget.
+    """Training settings of the cINN and the INN: the same flow size and optimiser; a fixed number of epochs each
+    (early stopping may end the cINN's sooner), or with ``--minutes`` a wall-clock budget each
+    (``TrainConfig.max_time`` plans the epochs from the first one).
 
     Dicts of ``FitConfig`` (cINN) and ``INNConfig`` (INN) fields, as ``fit_posterior(config=...)`` takes them.
     """
-    budget = 60.0 * args.minutes
     small = args.quick
     flow = {"num_blocks": 4 if small else 6, "hidden": 64 if small else 128, "num_layers": 2, "activation": "relu",
             "clamp": 2.0}  # complete, so the two methods' different default flows do not leak in
-    train = {"epochs": 1000, "batch_size": 256, "lr": 1e-3, "lr_final": 1e-5, "patience": 30, "max_time": budget}
-    return {"cINN": {"flow": flow, "train": train}, "INN": {"flow": dict(flow), "train": dict(train)}}
-
-
-def epochs_for_budget(method: str, config, data: Path, seed: int, budget: float):
-    """Time two epochs and set ``epochs`` so that the learning-rate decay ends with the budget.
-
-    Returns the new config, the seconds of the second epoch and the seconds the probe took in all.
-    """
-    probe = {**config, "train": {**config["train"], "epochs": 2, "max_time": None}}
-    t0 = time.perf_counter()
-    history = fit_posterior(data=data, method=method, config=probe, seed=seed, show_progress=False).history
-    probe_s = time.perf_counter() - t0
-    epoch_s = history[-1]["seconds"]
-    epochs = max(5, min(1000, int(0.9 * (budget - probe_s) / max(epoch_s, 1e-3))))
-    return {**config, "train": {**config["train"], "epochs": epochs}}, epoch_s, probe_s
+    budget = None if args.minutes is None else 60.0 * args.minutes
+    train = {"batch_size": 256, "lr": 1e-3, "lr_final": 1e-5, "patience": 30, "max_time": budget}
+    return {"cINN": {"flow": flow, "train": {**train, "epochs": args.epochs_cinn}},
+            "INN": {"flow": dict(flow), "train": {**train, "epochs": args.epochs_inn}}}
 
 
 def train_amortised(args, sim, data: Path, sim_seconds: float) -> dict:
@@ -123,22 +130,18 @@ def train_amortised(args, sim, data: Path, sim_seconds: float) -> dict:
     for name, config in amortised_configs(args).items():
         method = "inn" if name == "INN" else "cinn"
         t0 = time.perf_counter()
-        config, epoch_s, probe_s = epochs_for_budget(method, config, data, args.seed, 60.0 * args.minutes)
-        budget = max(1.0, 60.0 * args.minutes - probe_s)  # the probe counts to the budget
-        config = {**config, "train": {**config["train"], "max_time": budget}}
-        print(f"  {name}: one epoch takes {epoch_s:.2f} s -> up to {config['train']['epochs']} epochs in the "
-              f"{args.minutes:g} min budget")
         posterior = fit_posterior(data=data, method=method, config=config, seed=args.seed,
                                   show_progress=not args.quiet)
         train_s = time.perf_counter() - t0
         path = posterior.save(Path(args.work) / f"{method}.sbi")
         history = posterior.history
         vals = [h["val_loss"] for h in history if "val_loss" in h]
-        runs[name] = {"posterior": posterior, "train_s": train_s, "probe_s": probe_s, "epochs": len(history),
-                      "planned_epochs": config["train"]["epochs"], "best_val_loss": min(vals) if vals else None,
+        runs[name] = {"posterior": posterior, "train_s": train_s, "epochs": len(history),
+                      "planned_epochs": int(history[-1]["planned_epochs"]),
+                      "best_val_loss": min(vals) if vals else None,
                       "upfront_s": sim_seconds + train_s, "model": str(path)}
-        print(f"  {name}: {len(history)} epochs in {train_s:.0f} s (incl. {probe_s:.1f} s probe), best "
-              f"validation loss {runs[name]['best_val_loss']:.4g}")
+        print(f"  {name}: {len(history)} epochs in {train_s:.0f} s, best validation loss "
+              f"{runs[name]['best_val_loss']:.4g}")
     return runs
 
 
@@ -223,12 +226,18 @@ def comparison_table(args, sim, amortised, samples_ref, samples_test, x_ref, y_r
     return table, same
 
 
+def training_text(args) -> str:
+    if args.minutes is not None:
+        return f"{args.minutes:g} min training budget per amortised method"
+    return f"{args.epochs_cinn} epochs of the cINN (early stopping may end it sooner), {args.epochs_inn} of the INN"
+
+
 def write_outputs(args, out: Path, table, same, results) -> None:
     diagnostics.to_csv(table, out / "table.csv")
     legend = "\n".join(f"- `{k}`: {v}" for k, v in COLUMNS.items())
     text = [f"# Inverse kinematics, noise {args.noise}: INN vs cINN vs ABC vs MCMC", "",
-            f"{args.num_simulations} training simulations; {args.minutes:g} min training budget per amortised "
-            f"method; {args.num_samples} posterior samples per observation; ABC threshold "
+            f"{args.num_simulations} training simulations; {training_text(args)}; {args.num_samples} posterior "
+            f"samples per observation; ABC threshold "
             f"{args.abc_epsilon:g} x noise; MCMC: emcee, {args.mcmc_walkers} walkers started at "
             f"{'prior draws accepted by rejection ABC' if args.mcmc_init == 'abc' else 'prior draws'}. Amortised "
             f"methods: re-simulation, calibration and MAP columns over {args.num_test} test observations; ABC and "
@@ -287,7 +296,7 @@ def main(argv=None) -> dict:
         sim_seconds = time.perf_counter() - t0
 
     # 2. train the INN and the cINN on them
-    print(f"[2/5] training the INN and the cINN ({args.minutes:g} min budget each)")
+    print(f"[2/5] training the INN and the cINN ({training_text(args)})")
     amortised = train_amortised(args, sim, data, sim_seconds)
 
     # 3. test observations: the first num_ref also get ABC and MCMC references
