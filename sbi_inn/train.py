@@ -1,9 +1,10 @@
 """A short, resumable training loop shared by the cINN and the bidirectional INN.
 
-Adam with an exponentially decaying learning rate (thesis B.5: "decaying learning rate from 1e-3 to 1e-5"),
-gradient-norm clipping (thesis 3.5, "vital"; NOTES.md: a norm around 8), non-finite losses skipped instead of
-corrupting the weights, early stopping on a validation split, a checkpoint after every epoch holding the optimizer
-state, so an interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
+Adam with an exponentially decaying learning rate (thesis app. B.5.1: "decaying learning rate from 1e-3 to 1e-5"),
+gradient-norm clipping (thesis sec. 3.5: "vital for the stability"; the thesis gives no norm, the default of 8 comes
+from the authors' public code), non-finite losses skipped instead of corrupting the weights, early stopping on a
+validation split, a checkpoint after every epoch holding the optimizer state, so an interrupted run resumes where it
+stopped and ends with the same weights as an uninterrupted one.
 
 Every epoch draws its shuffling and the noise the loss needs from the ``train`` stream of the seed tree
 (``sbi_inn.simulation.SeedTree(seed)``, epoch ``e``): the loss gets a seeded ``torch.Generator`` in its
@@ -76,6 +77,15 @@ class TrainConfig:
             epochs; training also stops after any epoch that passes the budget.
         num_workers: DataLoader workers for datasets streamed from disk.
         seed: root of the seed tree whose ``train`` stream seeds shuffling and the noise drawn by losses.
+
+    Example:
+        >>> cfg = TrainConfig(epochs=50, patience=None)
+        >>> cfg.batch_size, cfg.grad_clip, cfg.to_dict()["epochs"]
+        (256, 8.0, 50)
+        >>> TrainConfig(val_trim=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: TrainConfig: val_trim must be in [0, 0.5), got 0.5
     """
 
     epochs: int = 200
@@ -117,10 +127,15 @@ AUTO_BATCH_MIN, AUTO_BATCH_MAX = 64, 256
 def batch_size_for(config: TrainConfig, num_rows: int) -> int:
     """``config.batch_size``, or when it is ``None``: ``num_rows // 8`` clipped to ``[64, 256]``.
 
-    Tuned on the benchmark simulators (``benchmarks/bench_vs_sbi.py``, 8 coupling blocks of one 64-wide layer): with
-    1000 simulations, batches of 128 instead of 256 improved the C2ST of the inverse-kinematics posterior from 0.87 to
-    0.86 (64: 0.82, at twice the training time) and left the others within noise; from about 2000 simulations on,
-    256 keeps epochs cheap.
+    Small simulation budgets get about 8 steps per epoch, which gave better posteriors than batches of 256 on the
+    benchmark simulators; from about 2000 rows on, 256 keeps epochs cheap (``benchmarks/results/design_notes.md``).
+
+    Example:
+        >>> auto = TrainConfig(batch_size=None)
+        >>> batch_size_for(auto, 1000), batch_size_for(auto, 100), batch_size_for(auto, 100_000)
+        (125, 64, 256)
+        >>> batch_size_for(TrainConfig(batch_size=32), 1000)
+        32
     """
     if config.batch_size is not None:
         return int(config.batch_size)
@@ -269,8 +284,9 @@ def _decay(config: TrainConfig, epochs: int) -> float:
 
 
 def _adam(params, config: TrainConfig) -> torch.optim.Adam:
-    """Adam with the fused kernel where torch has one for the device (on CPU the per-tensor update loop took ~20 %
-    of a small fit, 5x the fused step), else the multi-tensor (foreach) update. Same algorithm either way."""
+    """Adam with the fused kernel where torch has one for the device (on CPU the per-tensor update loop was a sizeable
+    part of a small fit: ``benchmarks/results/design_notes.md``), else the multi-tensor (foreach) update. Same
+    algorithm either way."""
     try:
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError):
@@ -281,8 +297,8 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
     """Scale the gradients of ``params`` to a total 2-norm of at most ``max_norm``; return the norm before clipping.
 
     The same rule as ``torch.nn.utils.clip_grad_norm_`` (factor ``max_norm / (norm + 1e-6)`` when the norm exceeds
-    ``max_norm``), with the norm taken over the concatenated gradients in one reduction: on CPU, for the ~80 small
-    tensors of a default flow, the per-tensor norms cost 0.3 ms of a 4 ms step.
+    ``max_norm``), with the norm taken over the concatenated gradients in one reduction, which is cheaper on CPU for
+    the many small tensors of a default flow than one norm per tensor (``benchmarks/results/design_notes.md``).
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -331,10 +347,17 @@ def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, 
 def trimmed_mean(values: Tensor, trim: float) -> float:
     """Mean of ``values`` ``(n,)`` without the ``k = min(n - 1, ceil(trim * n))`` largest (NaN counts as largest).
 
-    A robust estimate of an expected loss whose per-row values are heavy-tailed: on the inverse-kinematics benchmark
-    (10 000 simulations) one validation row, a prior-tail parameter where the flow extrapolates, reached an NLL of
-    1e9 while the other 999 rows improved every epoch, and its growth stopped training at epoch 29 with the weights of
-    epoch 8 (C2ST 0.85 against 0.59 with 1 % trimmed). Any non-finite value left after trimming gives ``inf``.
+    A robust estimate of an expected loss whose per-row values are heavy-tailed: a few validation rows in the prior's
+    tail, where the flow extrapolates, can otherwise dominate the validation loss and stop training early with poor
+    weights (measured on inverse kinematics: ``benchmarks/results/design_notes.md``). Any non-finite value left after
+    trimming gives ``inf``.
+
+    Example:
+        >>> trimmed_mean(torch.tensor([1.0, 2.0, 3.0, 1e9]), 0.25)  # k = 1: the 1e9 is left out
+        2.0
+        >>> with_nan = torch.tensor([1.0, float("nan"), 3.0])  # NaN counts as largest
+        >>> trimmed_mean(with_nan, 0.1), trimmed_mean(with_nan, 0.0)
+        (2.0, inf)
     """
     n = values.numel()
     k = min(n - 1, math.ceil(trim * n)) if trim > 0 else 0
