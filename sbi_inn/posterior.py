@@ -35,8 +35,7 @@ from sbi_inn.meanshift import mean_shift
 FORMAT_NAME = "sbi_inn.posterior"
 FORMAT_VERSION = 1
 # Samples generated per inverse pass: small enough that a (rows, 64) subnet activation (1 MiB) stays in a 2 MiB L2
-# cache. On the 2-core benchmark machine, 2**12 rows drew 10 000 inverse-kinematics samples in 12.9 ms against 14.1 ms
-# for 2**13 and 19.0 ms for 2**10 (2**13 was 4x faster than 2**20).
+# cache, large enough to amortise the per-pass overhead (timings: benchmarks/results/design_notes.md).
 SAMPLE_CHUNK_ROWS = 2**12
 MODEL_TYPES = {"cinn": ConditionalINN, "inn": BidirectionalINN}
 
