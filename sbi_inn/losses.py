@@ -40,7 +40,8 @@ def _sq_dists(a: Tensor, b: Tensor, *, exact: bool = False) -> Tensor:
 
     The fast ``|a|^2 + |b|^2 - 2 a.b`` expansion leaves rounding errors of order ``1e-7 |a|^2`` where points
     coincide; harmless for the smooth kernels, but the cusp kernels (``exp``, ``energy``) turn them into ``1e-4``
-    errors, so ``exact`` uses explicit differences (about three times slower).
+    errors, so ``exact`` uses explicit differences (slower, so used only for those kernels:
+    ``benchmarks/results/design_notes.md``).
     """
     if exact:
         return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
@@ -86,8 +87,9 @@ KERNELS: dict[str, Callable[[Tensor, float], Tensor]] = {
 
 
 class _SmoothKernelSum(torch.autograd.Function):
-    """``sum_h k_h(d2)`` for the IMQ or Gaussian kernel with a hand-written backward: about twice as fast as
-    autograd through the elementwise chain, which matters because two MMDs are taken at every training step."""
+    """``sum_h k_h(d2)`` for the IMQ or Gaussian kernel with a hand-written backward, faster than autograd through
+    the elementwise chain (``benchmarks/results/design_notes.md``), which matters because two MMDs are taken at every
+    training step."""
 
     @staticmethod
     def forward(ctx, d2: Tensor, kernel: str, widths: tuple[float, ...]) -> Tensor:
@@ -299,7 +301,7 @@ def inn_losses(model, x: Tensor, y: Tensor, config, prior_log_prob: Callable[[Te
 
     # L_support (ours): backward samples from over-dispersed latents stay within support_radius standardised units
     l_support = zero
-    if config.w_support > 0:  # on a quarter of the batch: the extra inverse pass then costs ~5 % of a step
+    if config.w_support > 0:  # on a quarter of the batch, so the extra inverse pass stays a small part of a step
         nt = max(1, u.shape[0] // 4)
         zt = config.support_latent_scale * torch.randn(nt, K, generator=g, device=u.device, dtype=u.dtype)
         xt = model.inverse(model.join_yz(ys[:nt], zt, config.pad_noise, g))[0][:, :D]
