@@ -48,9 +48,9 @@ free to carry information about ``x`` that the sampler, always fed ``c = 0``, ne
 ``L_y`` is the entropy ``H(q) > 0`` (0.20 nats for ``M = 4``, ``eps = 0.05``), not 0 as for the squared loss.
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 4.1 (method; 4.1.2 for the choice of ``L_y``), B.1 (proof that
-    ``L_y = L_z = 0`` gives the posterior, and ``L_x`` then vanishes too), B.5.1-B.5.2 (architectures), B.5.4
-    (kernels); label smoothing as in 5.3 (alpha = 0.05, after Szegedy et al., 2016).
+    thesis sec. 4.1 (method, eqs. 4.1-4.2), sec. 4.1.2 (the losses and the choice of ``L_y``); app. B.1 (proof that
+    ``L_y = L_z = 0`` gives the posterior, and ``L_x`` then vanishes too), app. B.5.1-B.5.2 (architectures),
+    app. B.5.4 (kernels); label smoothing as in sec. 5.3 (alpha = 0.05, after Szegedy et al., 2016).
 """
 
 from __future__ import annotations
@@ -108,14 +108,15 @@ class INNConfig:
         flow: the coupling-flow architecture (default: thesis B.5.2 with a soft clamp of 1, stable at lr 3e-3).
         train: optimisation settings (Adam, decaying learning rate, clipping; ``sbi_inn.train``).
 
-    The defaults were tuned in short CPU runs on the inverse-kinematics problem (the IK study raises ``w_y`` to 100
-    and widens the subnets; the Gaussian-mixture study uses ``w_y = 10``): ``L_y`` and the MMD terms then have
-    comparable effect (thesis 4.1.3), and 2.0 soft clamps diverged at learning rates above 1e-3.
+    The default weights, tuned on the inverse-kinematics problem, give ``L_y`` and the MMD terms comparable effect
+    (thesis sec. 4.1.3); the IK study raises ``w_y`` to 100 and widens the subnets, the Gaussian-mixture study uses
+    ``w_y = 10``. The soft clamp is 1 because a clamp of 2 diverged at learning rates above 1e-3 (the tuning runs are
+    in ``benchmarks/results/design_notes.md``).
 
     With ``y_loss="ce"`` raise ``w_y`` about tenfold (the Gaussian-mixture test uses 100 where the squared loss uses
     10): near its optimum the CE constrains the logits of the classes a label does not carry only weakly (curvature
-    about ``eps / M``), so at the squared-loss weight ``f_y`` stays 0.4-0.7 standardised units off the y-space value
-    in a 150-step run (0.07 with ``"mse"``), and ``L_z``, which matches ``[f_y, f_z]`` against ``[y, z]``, fails too.
+    about ``eps / M``), so at the squared-loss weight ``f_y`` stays far from the y-space value, and ``L_z``, which
+    matches ``[f_y, f_z]`` against ``[y, z]``, fails too (measurements: ``benchmarks/results/design_notes.md``).
     """
 
     latent_dim: int | None = None
