@@ -198,6 +198,9 @@ class Simulation:
         if config is not None and not isinstance(config, dict):
             raise TypeError(f"simulator_config must be a dict, got {type(config).__name__}")
         self.prior = prior_for(simulate, prior) if (require_prior or prior is not None) else None
+        if self.prior is not None and _is_discrete(self.prior):
+            raise TypeError(f"the prior has a discrete support ({self.prior.support}); a normalising flow infers "
+                            "continuous parameters only")
         is_simulator = hasattr(simulate, "simulate") and hasattr(simulate, "is_set_valued")
         self.fn = simulate.simulate if is_simulator else simulate
         self.name = str(name or getattr(simulate, "name", None) or getattr(simulate, "__name__", None)
@@ -321,6 +324,13 @@ class Simulation:
         y = y.to(x.device)
         sizes = None if sizes is None else sizes.to(x.device)
         return Chunk(x, y, sizes, ~invalid_rows(y, sizes))
+
+
+def _is_discrete(prior) -> bool:
+    try:
+        return bool(getattr(prior.support, "is_discrete", False))
+    except NotImplementedError:  # a user's distribution without a support
+        return False
 
 
 def _real_float(value, name: str, what: str, dtype: torch.dtype | None) -> Tensor:

@@ -11,8 +11,14 @@ from torch.distributions import Independent, Normal, Uniform
 
 import sbi_inn.train as train_module
 from sbi_inn import DataConfig, FitConfig, FlowConfig, INNConfig, TrainConfig, fit_posterior
-from sbi_inn.config import (DEFAULT_TRAIN, SMALL_DATA_DROPOUT, SMALL_DATA_ROWS, SMALL_DATA_TRAIN, default_flow,
-                            default_train)
+from sbi_inn.config import (
+    DEFAULT_TRAIN,
+    SMALL_DATA_DROPOUT,
+    SMALL_DATA_ROWS,
+    SMALL_DATA_TRAIN,
+    default_flow,
+    default_train,
+)
 from sbi_inn.priors import BoxUniform
 from sbi_inn.simulation import Simulation
 from sbi_inn.train import trimmed_mean

@@ -118,6 +118,16 @@ def test_abc_never_accepts_nan_simulations():
 
     res = reference.abc_rejection(broken, PRIOR_1D, torch.tensor([0.0]), 20, quantile=0.1, chunk_size=100)
     assert torch.isfinite(res.distances).all()
+    nan_above = reference.abc_rejection(lambda x: torch.where(x > 0, math.nan, x), PRIOR_1D, torch.tensor([0.0]),
+                                        20, quantile=0.1, chunk_size=100)
+    assert (nan_above.samples <= 0).all()  # draws whose simulation was NaN are never accepted, however close
+    # a simulator that is NaN everywhere has no accepted samples to return: an error, not samples at epsilon = inf
+    with pytest.raises(ValueError, match="finite observations"):
+        reference.abc_rejection(lambda x: torch.full_like(x, math.nan), PRIOR_1D, torch.tensor([0.0]), 20,
+                                quantile=0.1, chunk_size=100)
+    with pytest.raises(RuntimeError, match="acceptance rate so far 0"):
+        reference.abc_rejection(lambda x: torch.full_like(x, math.nan), PRIOR_1D, torch.tensor([0.0]), 20,
+                                epsilon=0.5, chunk_size=100, max_simulations=1000)
 
 
 # -- MCMC ------------------------------------------------------------------------------------------------------------

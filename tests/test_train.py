@@ -264,3 +264,40 @@ def test_per_row_validation_loss_is_trimmed_so_one_outlier_cannot_stop_training(
     assert hist[2]["val_loss"] == pytest.approx((2499 * 0.8 + 1e4) / 2500)
     with pytest.raises(ValueError, match="val_trim"):  # a scalar validation loss cannot be trimmed
         train(_model(), _loss, tr, va, replace(cfg, val_trim=0.01), device=CPU, show_progress=False)
+
+
+def test_max_time_plans_the_epochs_from_the_first_so_the_lr_decay_completes(monkeypatch):
+    """With a budget the number of epochs is floor(max_time / first epoch's seconds), and the learning rate still
+    reaches lr_final at the last planned epoch; the plan is recorded in the history."""
+    import sbi_inn.train as train_module
+
+    clock = {"t": 0.0}
+
+    def fake_perf_counter():  # every call advances the clock by 1 s: an epoch takes 1 s (two calls)
+        clock["t"] += 1.0
+        return clock["t"]
+
+    monkeypatch.setattr(train_module.time, "perf_counter", fake_perf_counter)
+    tr, va = _data()
+    cfg = replace(CFG, epochs=50, max_time=7.5)
+    hist = train(_model(), _loss, tr, va, cfg, device=CPU, show_progress=False)
+    assert [h["epoch"] for h in hist] == list(range(7)) and hist[-1]["planned_epochs"] == 7
+    assert hist[0]["lr"] == pytest.approx(1e-2) and hist[-1]["lr"] == pytest.approx(1e-3)
+    no_budget = train(_model(), _loss, tr, va, replace(CFG, epochs=3), device=CPU, show_progress=False)
+    assert len(no_budget) == 3 and no_budget[-1]["planned_epochs"] == 3
+    with pytest.raises(ValueError, match="max_time"):
+        TrainConfig(max_time=0)
+
+
+def test_a_dataset_gives_the_same_batches_as_tensors():
+    """Tensors and a Dataset over the same rows are cut into the same batches in the same order, so streamed and
+    in-memory training are the same computation."""
+    x, y = torch.arange(40.0).reshape(20, 2), torch.arange(20.0)[:, None]
+    ds = torch.utils.data.TensorDataset(x, y)
+    a = list(iterate_batches((x, y), 6, torch.Generator().manual_seed(1)))
+    b = list(iterate_batches(ds, 6, torch.Generator().manual_seed(1)))
+    assert len(a) == len(b) == 3
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    before = torch.get_rng_state()
+    list(iterate_batches(ds, 6, torch.Generator().manual_seed(1)))
+    assert torch.equal(torch.get_rng_state(), before)  # the loader draws nothing from the global RNG

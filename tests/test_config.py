@@ -1,0 +1,52 @@
+"""sbi_inn.config: the data settings both methods share, the cINN's settings, and their dict forms."""
+
+import pytest
+
+from sbi_inn import DataConfig, FitConfig, INNConfig, TrainConfig
+from sbi_inn.config import as_config, override
+
+
+def test_data_config_defaults_validation_and_round_trip():
+    cfg = DataConfig()
+    assert (cfg.chunk_size, cfg.pilot_size, cfg.validation_fraction, cfg.fresh_simulations) == (10_000, 64, 0.1,
+                                                                                                 False)
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg
+    assert DataConfig.from_dict({"validation_fraction": 0.0}).validation_fraction == 0.0
+    for kwargs, match in (({"chunk_size": 0}, "chunk_size"), ({"pilot_size": 2.5}, "pilot_size"),
+                          ({"max_memory_bytes": True}, "max_memory_bytes"), ({"validation_fraction": 1.0},
+                                                                             "validation_fraction"),
+                          ({"max_invalid_fraction": 1.5}, "max_invalid_fraction")):
+        with pytest.raises(ValueError, match=match):
+            DataConfig(**kwargs)
+    with pytest.raises(TypeError, match="fresh_simulations"):
+        DataConfig(fresh_simulations=1)
+    with pytest.raises(TypeError, match=r"DataConfig: unknown key\(s\) \['chunksize'\]"):
+        DataConfig.from_dict({"chunksize": 10})
+
+
+def test_as_config_and_override():
+    assert as_config(None, DataConfig, "data_config") == DataConfig()
+    given = DataConfig(chunk_size=5)
+    assert as_config(given, DataConfig, "data_config") is given
+    assert as_config({"chunk_size": 5}, DataConfig, "data_config") == given
+    with pytest.raises(TypeError, match="data_config must be a DataConfig or a dict, got list"):
+        as_config([1], DataConfig, "data_config")
+    assert override(TrainConfig(), {"lr": 0.5}, "t").lr == 0.5
+    with pytest.raises(TypeError, match=r"t: unknown key\(s\) \['learning_rate'\]"):
+        override(TrainConfig(), {"learning_rate": 0.5}, "t")
+    with pytest.raises(TypeError, match="must be a dict or TrainConfig"):
+        override(TrainConfig(), [("lr", 0.5)], "t")
+
+
+def test_method_configs_name_wrong_keys_at_every_level():
+    with pytest.raises(TypeError, match=r"FitConfig: unknown key\(s\) \['chunk_size'\]"):
+        FitConfig.from_dict({"chunk_size": 100})  # a data setting: it lives in DataConfig now
+    with pytest.raises(TypeError, match=r"INNConfig: unknown key\(s\) \['wy'\]"):
+        INNConfig.from_dict({"wy": 1.0})
+    with pytest.raises(TypeError, match="INNConfig.flow: unknown key"):
+        INNConfig(flow={"blocks": 3})
+    with pytest.raises(TypeError, match="INNConfig.train: unknown key"):
+        INNConfig(train={"epoch": 3})
+    inn = INNConfig(train={"epochs": 3})  # a partial dict overrides the INN's own defaults
+    assert inn.train.epochs == 3 and inn.train.batch_size == INNConfig().train.batch_size == 500
+    assert INNConfig.from_dict(inn.to_dict()) == inn
