@@ -5,7 +5,7 @@ posterior (``simulator.sample_posterior``). All are seeded: the same ``seed`` gi
 global torch RNG is left as it was. This is the only module of ``sbi_inn`` that imports emcee.
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 4.2.2 and appendix B.4 (rejection ABC with a threshold or a quantile);
+    thesis sec. 4.2.2 and app. B.4 (rejection ABC with a threshold or a quantile);
     Foreman-Mackey et al. (2013), "emcee: the MCMC hammer" (affine-invariant ensemble sampler, autocorrelation
     time and the 50-tau rule of thumb).
 """

@@ -4,7 +4,7 @@ Rows are methods; every metric column ``X`` has a bootstrap standard error ``X_s
 observations). ``to_markdown`` renders ``X ± X_se``; ``to_csv`` writes the raw numbers.
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 4.2.2 (Table 4.1), 4.2.3 "Error measures" (Table 4.2).
+    thesis sec. 4.2.2 (Table 4.1), sec. 4.2.3 "Error measures" (Table 4.2).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Every function is a pure function of arrays. Shapes follow ``sample_batched``: p
 tensors and numpy arrays are both accepted; arrays come back as torch tensors and scalars as Python floats.
 
 References:
-    thesis ``002_e718d3c52e134117.txt`` 4.2.2 (re-simulation error ``||s(x^) - y*||_2``), 4.2.3 "Error measures"
+    thesis sec. 4.2.2 (re-simulation error ``||s(x^) - y*||_2``), sec. 4.2.3 "Error measures"
     and Table 4.2 (RMSE of MAP estimates found with mean shift, uncertainties by bootstrapping);
     Schad, Betancourt & Vasishth (2021), "Toward a principled Bayesian workflow" (z-score and contraction).
 """
@@ -130,7 +130,8 @@ def resimulation_error(simulate: Callable, samples, y_obs, *, chunk_size: int = 
         0.5
 
     References:
-        thesis 4.2.2 (Table 4.1: mean and median re-simulation error); NOTES.md "Re-simulation error".
+        thesis sec. 4.2.2 (the Euclidean distance; Table 4.1: its mean and median), app. B.3 (averaged over the whole
+        posterior for inverse kinematics), sec. 4.2.3 (at the MAP estimate for the tissue problem, Table 4.2).
     """
     s = as_tensor(samples, "samples", (2, 3), "(n, B, D) or (n, D)")
     y = as_tensor(y_obs, "y_obs", (1, 2), "(B, M) or (M,)").to(device=s.device, dtype=s.dtype)
