@@ -55,7 +55,8 @@ from sbi_inn.simulation import Chunk, SeedTree, Simulation, simulate_chunks
 
 FORMAT = "sbi_inn.simulations"
 FORMAT_VERSION = 1
-# lzf (bundled with h5py) decompresses several times faster than gzip; float data compresses little either way
+# lzf (bundled with h5py) decompresses faster than gzip, and float data compresses little either way
+# (benchmarks/results/design_notes.md)
 _COMPRESSION = {"compression": "lzf", "shuffle": True}
 _CHUNK_BYTES = 8 * 1024  # target size of one HDF5 chunk: small chunks keep random row reads cheap
 _CACHE_BYTES = 32 * 1024**2  # HDF5 chunk cache per open file when reading
@@ -378,8 +379,19 @@ class HDF5Dataset(torch.utils.data.Dataset):
             ``fit_posterior`` streams its train / validation split, the same rows it would use in memory.
 
     Example:
-        >>> loader = torch.utils.data.DataLoader(HDF5Dataset("ik.h5"), batch_size=256, shuffle=True,
-        ...                                      num_workers=2)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from torch.distributions import Independent, Normal
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "sims.h5")
+        >>> prior = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+        >>> _ = simulate_to_hdf5(lambda x: x[:, :2] ** 2, prior, 200, path, show_progress=False)
+        >>> train = HDF5Dataset(path, split="train")  # 80 % of the 200 rows
+        >>> loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, num_workers=0,  # or > 0
+        ...                                      generator=torch.Generator().manual_seed(0))
+        >>> x, y = next(iter(loader))
+        >>> len(train), tuple(x.shape), tuple(y.shape)
+        (160, (64, 3), (64, 2))
+        >>> train.close(); tmp.cleanup()
     """
 
     def __init__(self, path: str | os.PathLike, split: str = "train", *,
@@ -600,7 +612,7 @@ def _read_ranges(ds, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
         ds.read_direct(out, np.s_[int(run_starts[0]):int(run_stops[0])])
         return out
     fspace = ds.id.get_space()
-    if total <= 4 * len(run_starts) and len(tail) == 1:  # scattered rows: a point selection is ~5x faster
+    if total <= 4 * len(run_starts) and len(tail) == 1:  # scattered rows: a point selection beats a hyperslab union
         rows = np.repeat(run_starts - np.r_[0, np.cumsum(run_stops - run_starts)[:-1]], run_stops - run_starts)
         rows += np.arange(total)
         coords = np.empty((total * tail[0], 2), dtype=np.uint64)
