@@ -16,7 +16,13 @@ from torch.distributions import Distribution, Independent, Uniform, constraints
 
 
 class BoxUniform(Independent):
-    """Uniform prior on the box ``[low, high]`` (event shape ``(D,)``), as in ``sbi.utils.BoxUniform``."""
+    """Uniform prior on the box ``[low, high]`` (event shape ``(D,)``), as in ``sbi.utils.BoxUniform``.
+
+    Example:
+        >>> prior = BoxUniform([0.0, -1.0], [1.0, 1.0])
+        >>> prior.event_shape, round(prior.log_prob(torch.tensor([0.5, 0.0])).item(), 4)  # log(1 / (1 * 2))
+        (torch.Size([2]), -0.6931)
+    """
 
     def __init__(self, low, high):
         low = torch.as_tensor(low, dtype=torch.get_default_dtype())
@@ -30,7 +36,16 @@ class BoxUniform(Independent):
 
 
 class IndependentPrior(Distribution):
-    """Product of independent 1-D distributions, one per parameter; event shape ``(D,)``."""
+    """Product of independent 1-D distributions, one per parameter; event shape ``(D,)``.
+
+    Example:
+        >>> from torch.distributions import Gamma, Normal
+        >>> prior = IndependentPrior([Normal(0.0, 1.0), Gamma(2.0, 1.0)])
+        >>> prior.event_shape, prior.mean.tolist()
+        (torch.Size([2]), [0.0, 2.0])
+        >>> round(prior.log_prob(torch.tensor([0.0, 1.0])).item(), 4)  # -log(2 pi) / 2 - 1
+        -1.9189
+    """
 
     arg_constraints: dict = {}
 
@@ -100,6 +115,14 @@ def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
     Reads real, positive, interval and half-interval supports, and concatenations of them (``constraints.cat``, as
     used by :class:`IndependentPrior` and product priors such as the Normal-Inverse-Gamma); a support it cannot read
     is treated as unbounded.
+
+    Example:
+        >>> from torch.distributions import Gamma, Normal
+        >>> lo, hi = support_bounds(IndependentPrior([Normal(0.0, 1.0), Gamma(2.0, 1.0)]))
+        >>> lo.tolist(), hi.tolist()
+        ([-inf, 0.0], [inf, inf])
+        >>> support_bounds(BoxUniform([0.0, -1.0], [1.0, 1.0]))
+        (tensor([ 0., -1.]), tensor([1., 1.]))
     """
     prior = as_prior(prior)
     d = prior.event_shape[0]
