@@ -150,7 +150,17 @@ def _bounds(values, fill: float, d: int) -> Tensor:
 def split_rows(num_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted ``(train, validation)`` row indices: a permutation from the ``split`` stream of ``SeedTree(seed)``, the
     first ``round(fraction * num_rows)`` rows (at least 1 when ``fraction > 0``, at most ``num_rows - 1``)
-    validating."""
+    validating.
+
+    Example:
+        >>> train, val = split_rows(10, 0.2, seed=0)
+        >>> len(train), len(val), sorted(train.tolist() + val.tolist()) == list(range(10))
+        (8, 2, True)
+        >>> bool((split_rows(10, 0.2, seed=0)[1] == val).all())  # the same seed, the same split
+        True
+        >>> len(split_rows(10, 0.0, seed=0)[1]), len(split_rows(10, 0.01, seed=0)[1])
+        (0, 1)
+    """
     perm = SeedTree(seed).numpy("split").permutation(num_rows)
     n_val = min(max(int(round(fraction * num_rows)), 1), num_rows - 1) if fraction > 0 else 0
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
