@@ -158,9 +158,6 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # -- shared helpers of train / sample / diagnose -------------------------------------------------------------------
-_SAMPLE_SUFFIXES = (".npy", ".h5", ".hdf5", ".csv")
-
-
 def _positive(kind: type) -> Callable:
     """An argparse ``type`` accepting numbers of ``kind`` greater than zero."""
     def parse(text: str):
@@ -218,136 +215,15 @@ def _load_model(path: str, device: str):
     return load_posterior(path, device=_device(device))
 
 
-def _select_rows(num_rows: int, spec: str | None) -> range:
-    """Rows of ``range(num_rows)`` picked by ``--rows`` (``A:B``, ``A:``, ``:B`` or one index ``A``)."""
-    rows = range(num_rows)
-    if spec is None:
-        return rows
-    start, sep, stop = spec.partition(":")
+@contextlib.contextmanager
+def _in_options():
+    """Re-raise a library ``ValueError`` about its ``rows`` or ``split`` argument in the words of the options."""
     try:
-        a = int(start) if start.strip() else None
-        b = int(stop) if stop.strip() else None
-    except ValueError:
-        raise ValueError(f"--rows expects A:B, A:, :B or a single row index, got {spec!r}") from None
-    if not sep:
-        if a is None:
-            raise ValueError(f"--rows expects A:B, A:, :B or a single row index, got {spec!r}")
-        picked = rows[a:a + 1] if a >= 0 else rows[a:][:1]
-    else:
-        picked = rows[a:b]
-    if len(picked) == 0:
-        raise ValueError(f"--rows {spec} selects none of the {num_rows} available rows")
-    return picked
-
-
-def _read_hdf5_rows(path: str, split: str, rows: str | None):
-    """``(x (B, D), y (B, M) or (B, K, M), sizes (B,) or None, metadata)`` of the chosen rows of a simulation file."""
-    from sbi_inn.data import HDF5Dataset
-
-    ds = HDF5Dataset(path, split)
-    if len(ds) == 0:
-        raise ValueError(f"{path}: split {split!r} holds no rows")
-    batch = ds.get_batch(list(_select_rows(len(ds), rows)))
-    ds.close()
-    sizes = batch[2].sum(-1) if len(batch) > 2 else None
-    return batch[0], batch[1], sizes, ds.metadata
-
-
-def _read_observations(path: str, posterior, split: str, rows: str | None):
-    """Observations for ``posterior`` from an HDF5 simulation file, a ``.npy`` or a ``.csv`` file.
-
-    Returns ``(Y, sizes)``: ``Y`` ``(B, *obs_shape)`` (sets ``(B, K, M)`` with ``sizes`` ``(B,)``).
-    """
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--obs: no such file: {path!r}")
-    suffix = p.suffix.lower()
-    sizes = None
-    if suffix in (".h5", ".hdf5"):
-        _, y, sizes, _ = _read_hdf5_rows(path, split, rows)
-    else:
-        if split != "all":
-            raise ValueError(f"--split applies to HDF5 observation files, not {suffix or 'suffix-less'} files")
-        if suffix == ".npy":
-            try:
-                arr = np.load(p, allow_pickle=False)
-            except (ValueError, OSError) as err:
-                raise ValueError(f"--obs {path}: not a readable .npy array ({err})") from None
-        elif suffix == ".csv":
-            if posterior.is_set_valued:
-                raise ValueError("a CSV file holds one vector per row; give the sets of a set-valued model as "
-                                 ".npy (B, K, M) with NaN rows as padding, or as an HDF5 simulation file")
-            arr = _read_csv(p)
-        else:
-            raise ValueError(f"--obs must be an HDF5 simulation file (.h5), a .npy or a .csv file, got {path!r}")
-        if not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"--obs {path}: expected numbers, got an array of dtype {arr.dtype}")
-        event_ndim = len(posterior.obs_shape) + (1 if posterior.is_set_valued else 0)
-        if arr.ndim == event_ndim:
-            arr = arr[None]
-        if arr.ndim != event_ndim + 1:
-            raise ValueError(f"--obs {path}: expected an array of one or several observations of shape "
-                             f"{_obs_text(posterior)}, got shape {arr.shape}")
-        y = torch.as_tensor(arr.astype(np.float32))
-        y = y[list(_select_rows(len(y), rows))]
-        if posterior.is_set_valued:  # rows that are all NaN pad a set to the common length K
-            valid = ~torch.isnan(y).all(-1)
-            sizes = valid.sum(-1)
-            if not (valid == (torch.arange(y.shape[1])[None] < sizes[:, None])).all():
-                raise ValueError(f"--obs {path}: NaN padding rows must come after the elements of each set")
-            y = torch.nan_to_num(y, nan=0.0)
-    width = tuple(y.shape[2:] if posterior.is_set_valued else y.shape[1:])
-    if width != posterior.obs_shape:
-        raise ValueError(f"--obs {path}: observations have shape {_shape_text(width)} but the model takes "
-                         f"{_obs_text(posterior)}")
-    return y, sizes
-
-
-def _read_csv(path: Path):
-    import numpy as np
-
-    for skip in (0, 1):  # a header line is skipped
-        try:
-            arr = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64, skiprows=skip, comments="#")
-            break
-        except ValueError as err:
-            if skip:
-                raise ValueError(f"--obs {path}: cannot read the CSV as numbers: {err}") from None
-    if arr.size == 0:
-        raise ValueError(f"--obs {path}: the CSV file holds no observations")
-    return arr
-
-
-def _shape_text(shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _obs_text(posterior) -> str:
-    return ("(K, " if posterior.is_set_valued else "(") + ", ".join(map(str, posterior.obs_shape)) + \
-        ("," if len(posterior.obs_shape) == 1 and not posterior.is_set_valued else "") + ")"
-
-
-def _write_samples(path: Path, samples, posterior, attrs: dict) -> None:
-    """Samples ``(n, B, D)`` to ``.npy``, ``.h5`` (dataset ``samples``) or ``.csv`` (long format), atomically."""
-    import numpy as np
-
-    from sbi_inn.data import write_samples_hdf5
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    suffix = path.suffix.lower()
-    array = samples.detach().cpu().numpy()
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    elif suffix == ".csv":
-        posterior.to_dataframe(samples).to_csv(tmp, index=False)
-    else:
-        write_samples_hdf5(tmp, array, param_names=posterior.param_names, attrs=attrs)
-    tmp.replace(path)
+        yield
+    except ValueError as err:
+        if str(err).startswith(("rows ", "split ")):
+            raise ValueError(f"--{err}") from None
+        raise
 
 
 # -- sbi-inn train ------------------------------------------------------------------------------------------------
@@ -380,35 +256,41 @@ def _add_train(subcommands) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _fit_config(args: argparse.Namespace):
+    """The ``--method``'s config (``FitConfig`` or ``INNConfig``) with the flow and training options that were given
+    (``--blocks``, ``--hidden``, ``--epochs``, ``--batch-size``, ``--lr``, ``--minutes``); the others keep its
+    defaults. ``--lr`` also caps the final learning rate, so a small ``--lr`` never decays upwards."""
     import dataclasses
+
+    from sbi_inn.config import DEFAULT_TRAIN, FitConfig
+    from sbi_inn.inn import INNConfig
+
+    flow = {k: v for k, v in {"num_blocks": args.blocks, "hidden": args.hidden}.items() if v is not None}
+    train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "max_time": None if args.minutes is None else 60.0 * args.minutes}
+    train = {k: v for k, v in train.items() if v is not None}
+    if args.method == "cinn":  # overrides of default_flow(D, n) and default_train(n), resolved once D, n are known
+        if args.lr is not None:
+            train["lr_final"] = min(DEFAULT_TRAIN.lr_final, args.lr)
+        return FitConfig(flow=flow or None, train=train or None)
+    base = INNConfig()
+    if args.lr is not None:
+        train["lr_final"] = min(base.train.lr_final, args.lr)
+    return dataclasses.replace(base, flow=dataclasses.replace(base.flow, **flow),
+                               train=dataclasses.replace(base.train, **train))
+
+
+def _run_train(args: argparse.Namespace) -> int:
     import math
     import time
 
-    from sbi_inn.config import DEFAULT_TRAIN, FitConfig
     from sbi_inn.fit import fit_posterior
 
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such simulation file: {args.data!r}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    if args.method == "cinn":
-        base = FitConfig()
-    else:
-        from sbi_inn.inn import INNConfig
-
-        base = INNConfig()
-    flow = {k: v for k, v in {"num_blocks": args.blocks, "hidden": args.hidden}.items() if v is not None}
-    train = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-             "max_time": None if args.minutes is None else 60.0 * args.minutes}
-    if args.lr is not None:
-        train["lr_final"] = min(DEFAULT_TRAIN.lr_final if args.method == "cinn" else base.train.lr_final, args.lr)
-    train = {k: v for k, v in train.items() if v is not None}
-    if args.method == "cinn":  # overrides of default_flow(D, n) and default_train(n), resolved once D, n are known
-        config = dataclasses.replace(base, flow=flow or None, train=train or None)
-    else:
-        config = dataclasses.replace(base, flow=dataclasses.replace(base.flow, **flow),
-                                     train=dataclasses.replace(base.train, **train))
+    config = _fit_config(args)
     device = _device(args.device)
     t0 = time.perf_counter()
     posterior = fit_posterior(data=args.data, method=args.method, device=device, seed=args.seed, config=config,
@@ -457,23 +339,28 @@ def _add_sample(subcommands) -> None:
 def _run_sample(args: argparse.Namespace) -> int:
     import time
 
+    from sbi_inn.observations import SAMPLE_SUFFIXES, read_observations, shape_text, write_samples
+
     out = Path(args.output)
-    if out.suffix.lower() not in _SAMPLE_SUFFIXES:
-        raise ValueError(f"-o must end in {', '.join(_SAMPLE_SUFFIXES)} (the suffix picks the format), got "
+    if out.suffix.lower() not in SAMPLE_SUFFIXES:
+        raise ValueError(f"-o must end in {', '.join(SAMPLE_SUFFIXES)} (the suffix picks the format), got "
                          f"{args.output!r}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     posterior = _load_model(args.model, args.device)
-    y, sizes = _read_observations(args.obs, posterior, args.split, args.rows)
+    with _in_options():
+        y, sizes = read_observations(args.obs, obs_shape=posterior.obs_shape, is_set_valued=posterior.is_set_valued,
+                                     split=args.split, rows=args.rows)
     t0 = time.perf_counter()
     samples = posterior.sample_batched((args.num_samples,), y, sizes=sizes, seed=args.seed,
                                        show_progress=not args.quiet).cpu()
     seconds = time.perf_counter() - t0
-    _write_samples(out, samples, posterior, {"model": str(args.model), "observations": str(args.obs),
-                                             "split": args.split, "rows": args.rows or "", "seed": args.seed})
+    attrs = {"model": str(args.model), "observations": str(args.obs), "split": args.split, "rows": args.rows or "",
+             "seed": args.seed}
+    write_samples(out, samples, param_names=posterior.param_names, attrs=attrs, overwrite=True)
     if not args.quiet:
         print(f"drew {args.num_samples} samples for each of {samples.shape[1]} observations in {seconds:.2f} s; "
-              f"wrote {_shape_text(tuple(samples.shape))} ({', '.join(posterior.param_names)}) to {out}")
+              f"wrote {shape_text(tuple(samples.shape))} ({', '.join(posterior.param_names)}) to {out}")
     return 0
 
 
@@ -533,6 +420,7 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     from sbi_inn.data import load_hdf5
     from sbi_inn.diagnostics import report, to_markdown
     from sbi_inn.diagnostics.report import FILES
+    from sbi_inn.observations import read_test_simulations
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
@@ -543,19 +431,11 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     if existing and not args.force:  # checked before the work, not only when writing
         raise ValueError(f"{out} already holds a report ({', '.join(existing)}); pass --force to overwrite it")
     posterior = _load_model(args.model, args.device)
-    x, y, sizes, meta = _read_hdf5_rows(args.data, args.split, f":{args.num_obs}")
+    x, y, sizes, meta = read_test_simulations(args.data, param_dim=posterior.param_dim, obs_shape=posterior.obs_shape,
+                                              is_set_valued=posterior.is_set_valued, split=args.split,
+                                              rows=f":{args.num_obs}")
     names = posterior.param_names
     notes: list[str] = []
-    if x.shape[1] != posterior.param_dim:
-        raise ValueError(f"{args.data} holds {x.shape[1]} parameters ({', '.join(meta['param_names'])}) but the "
-                         f"model infers {posterior.param_dim} ({', '.join(names)})")
-    if bool(meta["is_set_valued"]) != posterior.is_set_valued:
-        raise ValueError(f"{args.data} is {'' if meta['is_set_valued'] else 'not '}set-valued but the model is "
-                         f"{'' if posterior.is_set_valued else 'not '}")
-    width = tuple(y.shape[2:] if posterior.is_set_valued else y.shape[1:])
-    if width != posterior.obs_shape:
-        raise ValueError(f"{args.data}: observations have shape {_shape_text(width)} but the model takes "
-                         f"{_obs_text(posterior)}")
     if list(meta["param_names"]) != list(names):
         notes.append(f"parameter names differ: file {meta['param_names']}, model {names}")
     trained_on = (posterior.metadata.get("data") or {}).get("path")
