@@ -253,8 +253,8 @@ class BidirectionalINN(nn.Module):
         hi = torch.full((self.D,), math.inf) if support_high is None else torch.as_tensor(support_high,
                                                                                           dtype=torch.float32)
         self.support = SupportTransform(lo, hi)
-        self.x_norm = Standardize(self.D)
-        self.y_norm = Standardize(self.M)
+        self.x_standardize = Standardize(self.D)
+        self.y_standardize = Standardize(self.M)
 
     # -- construction / persistence ---------------------------------------------------------------------------
     @property
@@ -284,12 +284,15 @@ class BidirectionalINN(nn.Module):
         """Fit the standardisation of ``x`` (in the unconstrained space) and of ``y`` (in y-space) to training data."""
         if sizes is not None:
             raise ValueError("BidirectionalINN does not take set-valued observations; use method='cinn'")
-        self.x_norm.fit(self.support.inverse(x))
-        self.y_norm.fit(self.y_space(y))
+        self.x_standardize.fit(self.support.inverse(x))
+        self.y_standardize.fit(self.y_space(y))
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.pop(prefix + "train_steps", None)  # a training-step counter that files of sbi_inn 0.1 carry
+        # files of sbi_inn 0.1: a training-step counter, and the standardisations named x_norm / y_norm
+        state_dict.pop(prefix + "train_steps", None)
+        for key in [k for k in state_dict if k.startswith((prefix + "x_norm.", prefix + "y_norm."))]:
+            state_dict[key.replace("_norm.", "_standardize.", 1)] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- observations: y-space and its standardisation -----------------------------------------------------------
@@ -303,31 +306,31 @@ class BidirectionalINN(nn.Module):
 
     def encode_y(self, y: Tensor) -> Tensor:
         """Observations ``(n, M)`` -> the standardised y-space value ``(n, M)`` that the inverse pass is fed."""
-        return self.y_norm(self.y_space(y))
+        return self.y_standardize(self.y_space(y))
 
     def logits(self, fy: Tensor) -> Tensor:
         """Forward output ``f_y`` ``(n, M)`` (standardised) -> y-space ``(n, M)``: the logits for ``"ce"``."""
-        return self.y_norm.inverse(fy)
+        return self.y_standardize.inverse(fy)
 
     # -- the two directions in the internal (standardised, padded) space ------------------------------------------
     def encode_x(self, x: Tensor) -> Tensor:
         """Parameters ``(n, D)`` -> standardised unconstrained coordinates ``(n, D)``."""
-        return self.x_norm(self.support.inverse(x))
+        return self.x_standardize(self.support.inverse(x))
 
     def decode_x(self, u: Tensor) -> Tensor:
         """Standardised unconstrained coordinates ``(n, D)`` -> parameters inside the support ``(n, D)``."""
-        return self.support(self.x_norm.inverse(u))
+        return self.support(self.x_standardize.inverse(u))
 
     def prior_log_prob_internal(self, v: Tensor, prior_log_prob: Callable[[Tensor], Tensor]) -> Tensor:
         """Log-density ``(n,)`` at internal coordinates ``v`` ``(n, D)`` of a prior whose log-density on ``x`` is
-        ``prior_log_prob``: ``log p(x) + log|dx/du| + log|du/dv|`` with ``u = x_norm^-1(v)``, ``x = T(u)``.
+        ``prior_log_prob``: ``log p(x) + log|dx/du| + log|du/dv|`` with ``u = x_standardize^-1(v)``, ``x = T(u)``.
 
         ``x`` is evaluated strictly inside a bounded support: a saturated logit (``|u| > 17`` in float32) rounds onto
         the bound, where e.g. ``torch.distributions.Uniform`` has no density (or refuses the value)."""
-        u = self.x_norm.inverse(v)
+        u = self.x_standardize.inverse(v)
         lo, hi = self.support.lo, self.support.hi
         x = torch.minimum(torch.maximum(self.support(u), torch.nextafter(lo, hi)), torch.nextafter(hi, lo))
-        return prior_log_prob(x) + self.support.log_abs_det(u) - self.x_norm.log_abs_det()
+        return prior_log_prob(x) + self.support.log_abs_det(u) - self.x_standardize.log_abs_det()
 
     def pad_x(self, u: Tensor, noise: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
         """``[u, pad]`` of width ``N`` (pad: zeros, or Gaussian noise of std ``noise`` drawn from ``generator``)."""

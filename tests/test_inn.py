@@ -144,7 +144,7 @@ def test_each_loss_sends_gradients_only_where_the_thesis_says():
     z = torch.randn(64, K)
     from sbi_inn.losses import mmd
 
-    leak = torch.autograd.grad(mmd(out[:, : M + K], torch.cat([model.y_norm(y), z], 1)), out)[0]
+    leak = torch.autograd.grad(mmd(out[:, : M + K], torch.cat([model.y_standardize(y), z], 1)), out)[0]
     assert leak[:, :M].abs().sum() > 0
     assert all(torch.isfinite(v) for v in terms.values())
 
@@ -331,7 +331,7 @@ def test_label_encoding_values_and_non_label_errors():
     # logits by undoing the same standardisation
     model = _ce_model(eps)
     c = model.condition(torch.eye(K))
-    torch.testing.assert_close(c, model.y_norm(expected), rtol=0, atol=1e-5)
+    torch.testing.assert_close(c, model.y_standardize(expected), rtol=0, atol=1e-5)
     torch.testing.assert_close(model.logits(c), expected, rtol=0, atol=1e-5)
     # non-label observations raise, naming the problem, on every path in
     bad = {"sum to 1": [[0.5, 0.7, 0.0, 0.0]], r"\[0, 1\]": [[1.5, -0.5, 0.0, 0.0]], "shape": [[1.0, 0.0, 0.0]],
@@ -350,7 +350,7 @@ def test_label_encoding_values_and_non_label_errors():
     # the squared loss still takes any observation
     mse = _model()
     assert torch.equal(mse.condition(torch.tensor([[0.5, 0.7, 3.0, -1.0]])),
-                       mse.y_norm(torch.tensor([[0.5, 0.7, 3.0, -1.0]])))
+                       mse.y_standardize(torch.tensor([[0.5, 0.7, 3.0, -1.0]])))
 
 
 def test_ce_gradient_vanishes_where_the_inverse_is_fed():
@@ -384,7 +384,7 @@ def test_ce_gradient_vanishes_where_the_inverse_is_fed():
         return torch.autograd.grad(terms["y"], out)[0]
 
     assert l_y_grad(model.encode_y(y).detach()).abs().max() < 1e-6
-    uncentred = model.y_norm(torch.log(q))  # log q itself (not centred) is a CE optimum too, but not the one fed
+    uncentred = model.y_standardize(torch.log(q))  # log q itself (not centred) is a CE optimum too, but not the one fed
     assert l_y_grad(uncentred).abs().max() > 1e-2
 
 
@@ -453,10 +453,12 @@ def test_ce_save_load_round_trip_and_old_files_load_as_mse(tmp_path):
     old = load_posterior(path, device="cpu")
     assert old.model.y_loss == "mse" and INNConfig.from_dict(old.metadata["config"]).y_loss == "mse"
     assert torch.equal(old.sample((50,), torch.eye(4)[0], seed=1), mse.sample((50,), torch.eye(4)[0], seed=1))
-    # files of sbi_inn 0.1 name the support bounds lo / hi and carry a training-step counter among the weights
+    # files of sbi_inn 0.1 name the support bounds lo / hi and the standardisations x_norm / y_norm, and carry a
+    # training-step counter among the weights
     header["model"]["lo"] = header["model"].pop("support_low")
     header["model"]["hi"] = header["model"].pop("support_high")
-    state = {**blob["state_dict"], "train_steps": torch.tensor(150)}
+    state = {k.replace("_standardize.", "_norm.", 1): v for k, v in blob["state_dict"].items()}
+    state["train_steps"] = torch.tensor(150)
     torch.save({"header": json.dumps(header), "state_dict": state}, path)
     older = load_posterior(path, device="cpu")
     assert older.model.config() == old.model.config()
@@ -524,11 +526,11 @@ def test_kl_term_is_the_reverse_kl_by_change_of_variables(float64_default):
         v = model.inverse(row[None])[0][0]
         logdet = torch.linalg.slogdet(torch.autograd.functional.jacobian(lambda r: model.inverse(r[None])[0][0],
                                                                          row))[1]
-        u = v * model.x_norm.std + model.x_norm.mean
+        u = v * model.x_standardize.std + model.x_standardize.mean
         s = torch.sigmoid(u[2])
         xr = torch.stack([u[0], torch.exp(u[1]), -1 + 2 * s, u[3]])
         log_dx_du = u[1] + torch.log(2 * s * (1 - s))
-        log_p_v = prior_lp(xr[None])[0] + log_dx_du + torch.log(model.x_norm.std).sum()
+        log_p_v = prior_lp(xr[None])[0] + log_dx_du + torch.log(model.x_standardize.std).sum()
         expected.append(-(logdet + log_p_v))
     torch.testing.assert_close(terms["kl"], torch.stack(expected).mean(), rtol=1e-8, atol=1e-8)
     grads = torch.autograd.grad(terms["kl"], [p for p in model.parameters() if p.requires_grad], allow_unused=True)
