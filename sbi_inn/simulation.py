@@ -29,6 +29,7 @@ stream             spawn key                     what it seeds
 ``fresh``          ``(2**32 + 5, epoch, i)``     chunk ``i`` of the fresh simulations of that epoch
 ``abc``            ``(2**32 + 6, i)``            chunk ``i`` of a rejection-ABC reference
 ``resimulation``   ``(2**32 + 7, i)``            chunk ``i`` of a re-simulation diagnostic
+``rejection``      ``(2**32 + 8, i)``            chunk ``i`` of exact rejection sampling (``reference``)
 =================  ============================  ===================================================================
 
 Chunk ``i`` of a stream draws its prior and simulator seeds as ``generate_state(2, uint64)`` of its sequence,
@@ -63,7 +64,7 @@ from sbi_inn.priors import prior_for
 
 _NAMED = 2**32  # named streams are the root's children from here on; simulation chunks use the indices below it
 STREAMS = {"simulation": None, "pilot": 1, "split": 2, "init": 3, "train": 4, "fresh": 5, "abc": 6,
-           "resimulation": 7}
+           "resimulation": 7, "rejection": 8}
 
 
 def check_seed(seed) -> int:
