@@ -1,0 +1,5 @@
+import sys
+
+from sbi_inn.cli import main
+
+sys.exit(main())

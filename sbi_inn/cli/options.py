@@ -1,0 +1,107 @@
+"""Options and helpers shared by the ``sbi-inn`` subcommands (argument types, device and thread options, tables)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+
+_BAD_INPUT = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError,
+              NotADirectoryError, PermissionError)
+
+
+def _parse_config(items: Sequence[str] | None) -> dict:
+    """``["noise=0.01", "lengths=[1,1,1]", "name=abc"]`` -> dict; values are JSON where they parse, else strings."""
+    config = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--config expects key=value, got {item!r}")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key.strip()] = value
+    return config
+
+
+def _positive(kind: type) -> Callable:
+    """An argparse ``type`` accepting numbers of ``kind`` greater than zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run: auto uses CUDA when available (default: auto)")
+
+
+def _add_threads(p) -> None:
+    p.add_argument("--threads", type=_positive(int), metavar="T",
+                   help="torch CPU threads (default: torch's choice; 1 is often faster for small models on a busy "
+                        "machine)")
+
+
+@contextlib.contextmanager
+def _torch_threads(num: int | None):
+    """Run with ``num`` torch intra-op threads (unchanged when ``None``), restoring the previous number."""
+    if num is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available here; use --device cpu")
+    from sbi_inn.posterior import resolve_device
+
+    return resolve_device(name)
+
+
+def _load_model(path: str, device: str):
+    from sbi_inn.posterior import load_posterior
+
+    return load_posterior(path, device=_device(device))
+
+
+@contextlib.contextmanager
+def _in_options():
+    """Re-raise a library ``ValueError`` about its ``rows`` or ``split`` argument in the words of the options."""
+    try:
+        yield
+    except ValueError as err:
+        if str(err).startswith(("rows ", "split ")):
+            raise ValueError(f"--{err}") from None
+        raise
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[j])) for r in [header, *rows]) for j in range(len(header))]
+    print("  ".join(f"{h:<{w}}" for h, w in zip(header, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(f"{str(v):<{w}}" for v, w in zip(r, widths)).rstrip())
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
