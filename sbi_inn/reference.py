@@ -174,27 +174,44 @@ def abc_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, epsilon
 
     start_time = time.perf_counter()
     sim = Simulation(simulate, prior, dtype=None)
+    scale_t = None
+
+    def propose(index: int, size: int):
+        nonlocal scale_t
+        x, y_sim, valid = _simulate_chunk(sim, size, seed, index, y.shape[1])
+        if scale_t is None:
+            scale_t = _resolve_scale(scale, y_sim[valid])
+        d = _distances(y_sim, y.to(y_sim), scale_t, distance)[:, 0].masked_fill(~valid, math.inf)
+        keep = d < epsilon
+        return x[keep], d[keep]
+
+    (x, d), num_accepted, num_sims = _accept_until(
+        propose, num_samples, chunk_size, max_simulations, show_progress,
+        f"abc_rejection with epsilon={epsilon}", "Raise max_simulations or epsilon, or use quantile=")
+    return ABCResult(x, d, float(epsilon), num_accepted / num_sims, num_sims, time.perf_counter() - start_time,
+                     scale_t)
+
+
+def _accept_until(propose, num_samples: int, chunk_size: int, max_simulations: int, show_progress: bool,
+                  what: str, advice: str):
+    """Call ``propose(index, size)`` on chunks ``0, 1, ...`` of at most ``chunk_size`` simulations until
+    ``num_samples`` are accepted; ``propose`` returns the accepted rows (tensors of equal length, the parameters
+    first). Returns the first ``num_samples`` rows of each, the number accepted and the simulations run; a
+    ``RuntimeError`` with the acceptance rate so far when ``max_simulations`` did not yield enough."""
     bar = _progress(show_progress, None)
-    xs, ds, scale_t = [], [], None
-    num_accepted = num_sims = index = 0
+    kept, num_accepted, num_sims, index = [], 0, 0, 0
     try:
         while num_accepted < num_samples:
             if num_sims >= max_simulations:
                 rate = num_accepted / max(num_sims, 1)
                 need = f"about {num_samples / rate:.3g}" if rate > 0 else "far more"
-                raise RuntimeError(
-                    f"abc_rejection: only {num_accepted} of {num_samples} samples accepted after {num_sims} "
-                    f"simulations (max_simulations) with epsilon={epsilon}; acceptance rate so far {rate:.3g}, "
-                    f"so {need} simulations are needed. Raise max_simulations or epsilon, or use quantile=")
+                raise RuntimeError(f"{what}: only {num_accepted} of {num_samples} samples accepted after {num_sims} "
+                                   f"simulations (max_simulations); acceptance rate so far {rate:.3g}, so {need} "
+                                   f"simulations are needed. {advice}")
             size = min(chunk_size, max_simulations - num_sims)
-            x, y_sim, valid = _simulate_chunk(sim, size, seed, index, y.shape[1])
-            if scale_t is None:
-                scale_t = _resolve_scale(scale, y_sim[valid])
-            d = _distances(y_sim, y.to(y_sim), scale_t, distance)[:, 0].masked_fill(~valid, math.inf)
-            keep = d < epsilon
-            xs.append(x[keep])
-            ds.append(d[keep])
-            num_accepted += int(keep.sum())
+            rows = propose(index, size)
+            kept.append(rows)
+            num_accepted += len(rows[0])
             num_sims += size
             index += 1
             if bar is not None:
@@ -203,8 +220,7 @@ def abc_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, epsilon
     finally:
         if bar is not None:
             bar.close()
-    return ABCResult(torch.cat(xs)[:num_samples], torch.cat(ds)[:num_samples], float(epsilon),
-                     num_accepted / num_sims, num_sims, time.perf_counter() - start_time, scale_t)
+    return [torch.cat(part)[:num_samples] for part in zip(*kept)], num_accepted, num_sims
 
 
 def abc_rejection_batch(simulate: Callable, prior, y_obs, num_samples: int, *, quantile: float,
@@ -355,40 +371,22 @@ def likelihood_rejection(simulate: Callable, prior, y_obs, num_samples: int, *, 
     sim = Simulation(simulate, prior, dtype=None)
     sim.is_set_valued = False
     tree = SeedTree(seed)
-    bar = _progress(show_progress, None)
-    kept, num_accepted, num_sims, index = [], 0, 0, 0
-    try:
-        while num_accepted < num_samples:
-            if num_sims >= max_simulations:
-                rate = num_accepted / max(num_sims, 1)
-                need = f"about {num_samples / rate:.3g}" if rate > 0 else "far more"
-                raise RuntimeError(
-                    f"likelihood_rejection: only {num_accepted} of {num_samples} samples accepted after {num_sims} "
-                    f"proposals (max_simulations); acceptance rate so far {rate:.3g}, so {need} are needed. Raise "
-                    "max_simulations, or check that y_obs is reachable by the model and noise_std is right")
-            size = min(chunk_size, max_simulations - num_sims)
-            prior_seed, sim_seed, accept_seed = tree.seeds("rejection", index, n=3)
-            chunk = sim.chunk((prior_seed, sim_seed), size)
-            x, s = chunk.x, chunk.y
-            if s.shape[1] != y.numel():
-                raise ValueError(f"simulate must map (N, D) to (N, M) = ({size}, {y.numel()}); it returned shape "
-                                 f"{tuple(s.shape)}")
-            r = (s.to(torch.float64) - y64) / sigma
-            log_accept = torch.nan_to_num(-0.5 * (r * r).sum(1), nan=-math.inf)
-            u = torch.rand(size, generator=torch.Generator().manual_seed(accept_seed), dtype=torch.float64)
-            keep = u.log() < log_accept
-            kept.append(x[keep])
-            num_accepted += int(keep.sum())
-            num_sims += size
-            index += 1
-            if bar is not None:
-                bar.update(size)
-                bar.set_postfix(accepted=num_accepted)
-    finally:
-        if bar is not None:
-            bar.close()
-    return RejectionResult(torch.cat(kept)[:num_samples], num_accepted / num_sims, num_sims,
-                           time.perf_counter() - start_time)
+
+    def propose(index: int, size: int):
+        prior_seed, sim_seed, accept_seed = tree.seeds("rejection", index, n=3)
+        chunk = sim.chunk((prior_seed, sim_seed), size)
+        if chunk.y.shape[1] != y.numel():
+            raise ValueError(f"simulate must map (N, D) to (N, M) = ({size}, {y.numel()}); it returned shape "
+                             f"{tuple(chunk.y.shape)}")
+        r = (chunk.y.to(torch.float64) - y64) / sigma
+        log_accept = torch.nan_to_num(-0.5 * (r * r).sum(1), nan=-math.inf)
+        u = torch.rand(size, generator=torch.Generator().manual_seed(accept_seed), dtype=torch.float64)
+        return (chunk.x[u.log() < log_accept],)
+
+    (x,), num_accepted, num_sims = _accept_until(
+        propose, num_samples, chunk_size, max_simulations, show_progress, "likelihood_rejection",
+        "Raise max_simulations, or check that y_obs is reachable by the model and noise_std is right")
+    return RejectionResult(x, num_accepted / num_sims, num_sims, time.perf_counter() - start_time)
 
 
 __all__ += ["RejectionResult", "likelihood_rejection"]

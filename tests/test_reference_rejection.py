@@ -96,7 +96,7 @@ def test_nan_simulations_are_never_accepted():
 
 
 def test_an_unreachable_observation_raises_with_the_rate():
-    with pytest.raises(RuntimeError, match="only 0 of 10 samples accepted after 20000 proposals"):
+    with pytest.raises(RuntimeError, match="only 0 of 10 samples accepted after 20000 simulations"):
         reference.likelihood_rejection(identity, PRIOR_1D, torch.tensor([40.0]), 10, noise_std=0.01,
                                        chunk_size=10_000, max_simulations=20_000)
 
