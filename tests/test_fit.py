@@ -224,9 +224,12 @@ def test_same_seed_same_weights():
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    cfg = {**TINY, "train": {"epochs": 5, "batch_size": 64, "patience": None}}
-    full = tiny_fit(config=cfg, seed=1, checkpoint_dir=tmp_path / "full")
+@pytest.mark.parametrize("method", ["cinn", "inn"])
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch, method):
+    """Both methods resume from the one checkpoint of fit_posterior, interrupted in the third epoch."""
+    cfg = {**TINY, "train": {"epochs": 5, "batch_size": 64, "patience": None}} if method == "cinn" else \
+        {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 5, "batch_size": 64}}
+    full = tiny_fit(method=method, config=cfg, seed=1, checkpoint_dir=tmp_path / "full")
 
     real_run_epoch, calls = train_module._run_epoch, []
 
@@ -238,14 +241,14 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "_run_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        tiny_fit(config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
+        tiny_fit(method=method, config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
     monkeypatch.setattr(train_module, "_run_epoch", real_run_epoch)
-    resumed = tiny_fit(config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
+    resumed = tiny_fit(method=method, config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
     wf, wr = weights(full), weights(resumed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
     assert [h["epoch"] for h in resumed.history] == list(range(5))
     with pytest.raises(ValueError, match="different fit"):
-        tiny_fit(config=cfg, seed=2, checkpoint_dir=tmp_path / "resumed")
+        tiny_fit(method=method, config=cfg, seed=2, checkpoint_dir=tmp_path / "resumed")
 
 
 # -- data files ---------------------------------------------------------------------------------------------------
@@ -382,26 +385,6 @@ def test_checkpoint_fingerprint_refuses_another_config_data_or_seed_naming_it(tm
     tiny_fit(data=path, seed=3)  # the same path, other simulations
     with pytest.raises(ValueError, match="data.sha256"):
         fit_posterior(data=path, config=TINY, show_progress=False, checkpoint_dir=tmp_path / "f")
-
-
-def test_inn_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    cfg = {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 4, "batch_size": 64}}
-    full = tiny_fit(method="inn", config=cfg, seed=1, checkpoint_dir=tmp_path / "full")
-    real_run_epoch, calls = train_module._run_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_fit(method="inn", config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
-    monkeypatch.setattr(train_module, "_run_epoch", real_run_epoch)
-    resumed = tiny_fit(method="inn", config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
-    wf, wr = weights(full), weights(resumed)
-    assert all(torch.equal(wf[k], wr[k]) for k in wf)
 
 
 def test_simulations_in_memory_as_data():
