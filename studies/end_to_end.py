@@ -31,11 +31,15 @@ holds exactly the simulations asked for (same simulator configuration, seed and 
 the recorded settings) and resumed when an earlier run was interrupted, since its contents are then bit for bit what
 a fresh simulation would write; a file with other settings is refused, and replaced with ``--force``.
 
-About 3 minutes on 2 CPU cores (see ``README.md``); ``--quick`` is a smoke run of a few seconds with loose numbers.
+A few minutes on 2 CPU cores (measured runs: ``benchmarks/results/history.md``), on one torch thread by default
+(``--threads``): the networks are small, and on a 2-core machine shared with other work two threads were several
+times slower. ``--quick`` is a smoke run of well under a minute with loose numbers (4000 simulations, 40 epochs, one
+C2ST observation with a classifier trained 200 instead of 1000 epochs).
 
 Usage:
-    python studies/end_to_end.py [--out outputs/end_to_end] [--num-simulations 20000] [--epochs 100]
-                                 [--num-test 200] [--num-reference 5] [--seed 0] [--quick] [--force] [--quiet]
+    python studies/end_to_end.py [--out outputs/end_to_end] [--num-simulations 30000] [--epochs 80]
+                                 [--num-test 1000] [--num-reference 5] [--seed 0] [--threads 1] [--device auto]
+                                 [--quick] [--force] [--quiet]
 """
 
 from __future__ import annotations
@@ -115,9 +119,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/end_to_end", help="output folder (default: %(default)s)")
-    parser.add_argument("--num-simulations", type=int, default=20_000, help="training simulations (%(default)s)")
-    parser.add_argument("--epochs", type=int, default=100, help="training epochs, a fixed number (%(default)s)")
-    parser.add_argument("--num-test", type=int, default=200,
+    parser.add_argument("--num-simulations", type=int, default=30_000, help="training simulations (%(default)s)")
+    parser.add_argument("--epochs", type=int, default=80, help="training epochs, a fixed number (%(default)s)")
+    parser.add_argument("--num-test", type=int, default=1000,
                         help="held-out observations for calibration and re-simulation error (%(default)s)")
     parser.add_argument("--num-reference", type=int, default=5,
                         help="of those, how many are scored by C2ST against the exact posterior (%(default)s)")
@@ -156,6 +160,7 @@ def run(args, out: Path, c2st_samples: int, c2st_options: dict) -> dict:
     show = not args.quiet
     seeds = seed_streams(args.seed)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
 
     # 1. simulate to HDF5
     sim = get_simulator("inverse_kinematics", noise=NOISE)
@@ -260,7 +265,9 @@ def run(args, out: Path, c2st_samples: int, c2st_options: dict) -> dict:
                     "c2st": round(c2st_seconds, 1),
                     "total": None},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "sbi_inn": __version__,
-                    "platform": platform.platform(), "cpu_count": os.cpu_count()},
+                    "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "load_average_start": [round(v, 2) for v in load_start],
+                    "load_average_end": [round(v, 2) for v in os.getloadavg()]},
         "outputs": {"data": str(data_path), "posterior": str(model_path), "corner": str(corner_path),
                     "arm": str(arm_path), "calibration": str(calibration_path), "summary": str(out / "summary.json")},
     }
