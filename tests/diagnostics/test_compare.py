@@ -8,7 +8,7 @@ import torch
 
 from sbi_inn import diagnostics
 
-from .test_metrics import POST_STD, conjugate
+from .test_metrics import NOISE, POST_STD, conjugate
 
 
 class _ExactPosterior:
