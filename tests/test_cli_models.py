@@ -186,6 +186,31 @@ def test_bad_input_exits_with_code_2_and_one_clear_line(files, tmp_path, capsys,
     assert "Traceback" not in err
 
 
+def test_no_command_writes_over_a_file_without_force_and_never_over_its_inputs(files, tmp_path, capsys):
+    """train and sample refuse an existing output unless --force, and refuse to write over their own inputs (the
+    simulation file, the model, the observations) even with it, before any work; the victims stay byte-identical."""
+    victims = {p: p.read_bytes() for p in (files["train"], files["model"], files["test"])}
+    existing = tmp_path / "mine.npy"
+    existing.write_bytes(b"a user's file")
+    cases = [
+        (["train", files["train"], "-o", files["train"], "--epochs", 1, *SMALL], "inputs"),
+        (["train", files["train"], "-o", files["train"], "--epochs", 1, "--force", *SMALL], "inputs"),
+        (["train", files["train"], "-o", files["model"], "--epochs", 1, *SMALL], "exists; pass --force"),
+        (["train", files["train"], "-o", tmp_path, "--epochs", 1, *SMALL], "is a directory"),
+        (["sample", files["model"], "--obs", files["test"], "-n", 5, "-o", existing, "--quiet"], "exists"),
+        (["sample", files["model"], "--obs", files["test"], "-n", 5, "-o", files["test"], "--force"], "inputs"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            run(*argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err, (argv, err)
+    assert all(p.read_bytes() == content for p, content in victims.items())
+    assert existing.read_bytes() == b"a user's file"
+    assert run("sample", files["model"], "--obs", files["test"], "-n", 5, "-o", existing, "--force", "--quiet") == 0
+    assert np.load(existing).shape == (5, 200, 4)  # replaced on request
+
+
 @pytest.mark.parametrize("command, words", [
     ("train", ["--method", "--minutes", "--epochs", "--checkpoint-dir", "--seed", "--quiet"]),
     ("sample", ["--obs", "--rows", "--split", "--seed", ".npy", ".h5", ".csv"]),

@@ -6,7 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sbi_inn.cli.options import _add_device, _add_threads, _device, _in_options, _load_model, _parse_config, _positive
+from sbi_inn.cli.options import (
+    _add_device,
+    _add_threads,
+    _check_output,
+    _device,
+    _in_options,
+    _load_model,
+    _parse_config,
+    _positive,
+)
 
 
 # -- sbi-inn train ------------------------------------------------------------------------------------------------
@@ -18,10 +27,11 @@ def _add_train(subcommands) -> None:
                     "Training stops at --epochs, at the --minutes budget, or when the validation loss has stopped "
                     "improving (early stopping), whichever comes first; the saved weights are those of the best "
                     "validation epoch. With --checkpoint-dir, an interrupted run resumes when the same command is run "
-                    "again. Options left out keep the defaults of sbi_inn.fit.FitConfig (cinn) or "
-                    "sbi_inn.inn.INNConfig (inn).")
+                    "again. Options left out keep the defaults of sbi_inn.FitConfig (cinn) or sbi_inn.INNConfig "
+                    "(inn). An existing MODEL.sbi is replaced only with --force, and never the data file.")
     p.add_argument("data", metavar="DATA.h5", help="simulation file written by `sbi-inn simulate`")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.sbi", help="where to save the posterior")
+    p.add_argument("--force", action="store_true", help="replace an existing MODEL.sbi")
     p.add_argument("--method", choices=("cinn", "inn"), default="cinn",
                    help="cinn: conditional INN; inn: bidirectional INN (default: cinn)")
     p.add_argument("--minutes", type=_positive(float), metavar="M", help="wall-clock training budget in minutes")
@@ -73,6 +83,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such simulation file: {args.data!r}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _check_output(args.output, [args.data, args.checkpoint_dir], args.force)  # before training, not after
     config = _fit_config(args)
     device = _device(args.device)
     t0 = time.perf_counter()
@@ -109,6 +120,7 @@ def _add_sample(subcommands) -> None:
     p.add_argument("-n", "--num-samples", type=_positive(int), required=True, metavar="N",
                    help="samples per observation")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file: .npy, .h5 or .csv")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
                    help="HDF5 OBS only: use this split of the file (fractions 0.8/0.1/0.1; default: all rows)")
     p.add_argument("--rows", metavar="A:B", help="use only rows A to B-1 (after --split)")
@@ -130,6 +142,7 @@ def _run_sample(args: argparse.Namespace) -> int:
                          f"{args.output!r}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _check_output(args.output, [args.model, args.obs], args.force)
     posterior = _load_model(args.model, args.device)
     with _in_options():
         y, sizes = read_observations(args.obs, obs_shape=posterior.obs_shape, is_set_valued=posterior.is_set_valued,
@@ -140,7 +153,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     attrs = {"model": str(args.model), "observations": str(args.obs), "split": args.split, "rows": args.rows or "",
              "seed": args.seed}
-    write_samples(out, samples, param_names=posterior.param_names, attrs=attrs, overwrite=True)
+    write_samples(out, samples, param_names=posterior.param_names, attrs=attrs, overwrite=args.force)
     if not args.quiet:
         print(f"drew {args.num_samples} samples for each of {samples.shape[1]} observations in {seconds:.2f} s; "
               f"wrote {shape_text(tuple(samples.shape))} ({', '.join(posterior.param_names)}) to {out}")

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 _BAD_INPUT = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError,
               NotADirectoryError, PermissionError)
@@ -105,3 +106,15 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
+def _check_output(output: str, inputs: Sequence[str], force: bool, option: str = "-o") -> Path:
+    """The output path of a command, checked before any work: not a directory, never one of the command's own
+    inputs, and an existing file only with ``--force``."""
+    out = Path(output)
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {output!r} is a directory; give a file name")
+    for given in inputs:
+        if given is not None and Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
+            raise ValueError(f"{option} {output!r} is one of this command's inputs; it is never written over")
+    if out.exists() and not force:
+        raise FileExistsError(f"{option} {output!r} exists; pass --force to replace it")
+    return out
