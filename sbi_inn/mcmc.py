@@ -133,15 +133,21 @@ def mcmc(log_likelihood: Callable, prior, y_obs, num_samples: int, *, num_walker
             xi = x[inside]
             with torch.no_grad():
                 lp = prior.log_prob(xi) + log_likelihood(y[None].expand(len(xi), *y.shape), xi)
-            out[inside] = torch.nan_to_num(torch.as_tensor(lp).double().reshape(-1), nan=-math.inf)
+            lp = torch.as_tensor(lp).double().reshape(-1)
+            out[inside] = lp.masked_fill(torch.isnan(lp), -math.inf)  # nan_to_num would make -inf finite
             evaluations += len(xi)
         return out.numpy()
 
     start_time = time.perf_counter()
+    state = x0.double().cpu().numpy()
+    finite = np.isfinite(log_prob(state))
+    if not finite.any():  # every walker at zero density: the ensemble can never move
+        raise ValueError(f"mcmc: none of the {w} starting points has a finite posterior density (outside the "
+                         "prior's support, or log_likelihood is -inf or NaN there); pass initial= points inside "
+                         "the support where the likelihood is positive, or check log_likelihood")
     sampler = emcee.EnsembleSampler(w, d, log_prob, vectorize=True)
     sampler.random_state = np.random.RandomState(seed).get_state()
     per_walker = math.ceil(num_samples / w)
-    state = x0.double().cpu().numpy()
 
     def plan(steps: int) -> tuple[int, int, float]:
         tau = float(np.max(sampler.get_autocorr_time(tol=0, discard=steps // 4)))
@@ -177,8 +183,13 @@ def mcmc(log_likelihood: Callable, prior, y_obs, num_samples: int, *, num_walker
         warnings.warn(f"mcmc: thinning reduced from {t} to {t_new} to return {num_samples} samples within "
                       f"max_steps", RuntimeWarning, stacklevel=2)
         t = t_new
-    chain = sampler.get_chain(discard=b, thin=t, flat=True)
-    samples = torch.as_tensor(chain[-num_samples:], dtype=dtype)
+    chain = sampler.get_chain(discard=b, thin=t, flat=True)[-num_samples:]
+    stuck = int((~np.isfinite(log_prob(chain))).sum())
+    if stuck:  # walkers that never reached the posterior (started at zero density and never moved)
+        raise RuntimeError(f"mcmc: {stuck} of the {num_samples} samples have zero posterior density (walkers that "
+                           "never left a zero-density start); start all walkers where the density is positive "
+                           "(initial=) or raise burn_in")
+    samples = torch.as_tensor(chain, dtype=dtype)
     tau_all = torch.as_tensor(sampler.get_autocorr_time(tol=0, discard=min(b, steps // 2)), dtype=torch.float64)
     return MCMCResult(samples, float(np.mean(sampler.acceptance_fraction)), tau_all, b, t, steps, w, evaluations,
                       time.perf_counter() - start_time)

@@ -76,3 +76,14 @@ def test_mcmc_bad_arguments():
 
 
 # -- exact -----------------------------------------------------------------------------------------------------------
+
+
+def test_mcmc_refuses_starts_and_likelihoods_with_no_posterior_density():
+    """Walkers started outside the support, or a log-likelihood that is -inf everywhere, give no reference: an
+    error naming the cause instead of samples."""
+    box = torch.distributions.Independent(torch.distributions.Uniform(torch.zeros(2), torch.ones(2)), 1)
+    y = torch.tensor([0.5])
+    with pytest.raises(ValueError, match="none of the 32 starting points has a finite posterior density"):
+        reference.mcmc(linear_log_likelihood, box, y, 100, initial=torch.full((32, 2), 5.0), seed=0)
+    with pytest.raises(ValueError, match="log_likelihood is -inf"):
+        reference.mcmc(lambda y, x: torch.full((len(x),), -math.inf), PRIOR_2D, y, 100, seed=0)
