@@ -41,10 +41,19 @@ MODEL_TYPES = {"cinn": ConditionalINN, "inn": BidirectionalINN}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``, and a CUDA device
+    that this machine does not have is refused here, before any work, with a ``ValueError``."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device ('auto', 'cpu', 'cuda', 'cuda:1', ...): "
+                         f"{err}") from None
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {device!r} was asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA devices; use device='auto' or 'cpu'")
+    return dev
 
 
 class Posterior(nn.Module):

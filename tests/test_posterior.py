@@ -184,3 +184,24 @@ def test_set_valued_list_input_equals_padded_input(gen):
     torch.testing.assert_close(post.sample((4,), sets[0], seed=0), a[:, 0])
     with pytest.raises(ValueError, match="sizes"):
         post.sample_batched((4,), padded, sizes=torch.tensor([3, 0, 5]))
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work():
+    from sbi_inn.posterior import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="CUDA devices"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")  # one past the last device, on any machine
+    calls = []
+
+    def counting(x):
+        calls.append(len(x))
+        return x
+
+    with pytest.raises(ValueError, match="CUDA devices"):
+        fit_posterior(counting, PRIOR, num_simulations=100, device=f"cuda:{torch.cuda.device_count()}",
+                      show_progress=False)
+    assert calls == []  # refused before the pilot simulation
