@@ -74,7 +74,8 @@ def from_simulator(sim: Simulation, num: int, path, config: DataConfig, seed: in
     lo, hi = support_bounds(sim.prior)
     return TrainingData(sim.prior, lo, hi, sim.param_names, chunk.sizes is not None,
                         {"source": "memory", "num_invalid": n_bad, **origin}, chunk.x, chunk.y, chunk.sizes,
-                        simulation=sim, fingerprint={"source": "memory", **origin})
+                        simulation=sim, fingerprint={"source": "memory", **origin,
+                                                     "sha256": _tensor_hash(chunk.x, chunk.y, chunk.sizes)})
 
 
 def from_file(path, prior, config: DataConfig, max_rows: int | None = None) -> TrainingData:

@@ -377,6 +377,13 @@ def test_checkpoint_fingerprint_refuses_another_config_data_or_seed_naming_it(tm
                           ({"n": 301}, "data.num_simulations")):
         with pytest.raises(ValueError, match=rf"different fit \(differs in [^)]*{field}"):
             tiny_fit(checkpoint_dir=ckpt, **kwargs)
+    # another simulator under the same name (two lambdas) simulates other data: refused by the data's hash
+    wrapped = fit_posterior(lambda x: noisy_identity(x), BOX, num_simulations=300, config=TINY, show_progress=False,
+                            checkpoint_dir=tmp_path / "lam")
+    with pytest.raises(ValueError, match="data.sha256"):
+        fit_posterior(lambda x: 2 * noisy_identity(x), BOX, num_simulations=300, config=TINY, show_progress=False,
+                      checkpoint_dir=tmp_path / "lam")
+    assert wrapped.metadata["data"]["simulator"] == "<lambda>"
     # a data file whose content changed is refused although its path is the same
     path = tmp_path / "d.h5"
     tiny_fit(data=path, seed=0)
