@@ -235,16 +235,13 @@ class Simulation:
     def call(self, x: Tensor, rng: int | torch.Generator):
         """The simulator's raw output for parameters ``x`` ``(n, D)``, seeded by ``rng`` (an integer seed, or a
         generator passed on as it is when the simulator takes one, else turned into a seed)."""
-        if isinstance(rng, torch.Generator):
-            gen = rng if self.takes_generator else None
-            seed = None if self.takes_generator else int(torch.randint(0, 2**62, (1,), generator=rng))
-        else:
-            gen = torch.Generator(device=x.device).manual_seed(int(rng)) if self.takes_generator else None
-            seed = int(rng)
+        given = isinstance(rng, torch.Generator)
+        seed = None if given and self.takes_generator else (
+            int(torch.randint(0, 2**62, (1,), generator=rng, device=rng.device)) if given else int(rng))
 
-        def run(arg):
-            if gen is not None:
-                return self.fn(arg, generator=gen)
+        def run(arg):  # a fresh generator per attempt: a numpy retry must not see one the tensor call advanced
+            if self.takes_generator:
+                return self.fn(arg, generator=rng if given else torch.Generator(device=x.device).manual_seed(seed))
             np_state = np.random.get_state()
             try:
                 with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

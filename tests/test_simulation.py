@@ -206,3 +206,16 @@ def test_resimulation_keeps_the_dtype_of_floating_outputs():
     x = torch.full((3, 2), 1 / 3, dtype=torch.float64)
     assert sim.run(x, 0).y.dtype == torch.float64
     assert Simulation(lambda x: 2 * x, require_prior=False).run(x, 0).y.dtype == torch.float32
+
+
+def test_the_numpy_retry_gets_a_fresh_generator():
+    """A generator-taking simulator that fails on a tensor only after drawing noise: its numpy retry must see the
+    same noise as every later (numpy) call with the same seed, or the first chunk of a file would differ."""
+    def draws_then_fails_on_tensors(x, generator):
+        noise = torch.randn(x.shape, generator=generator).numpy()
+        return x.copy() + 0.1 * noise  # a tensor has no .copy(): AttributeError after the draw
+
+    sim = Simulation(draws_then_fails_on_tensors, PRIOR)
+    seeds = SeedTree(0).chunk_seeds(0)
+    first, again = sim.chunk(seeds, 20), sim.chunk(seeds, 20)
+    assert sim.use_numpy and torch.equal(first.y, again.y)
