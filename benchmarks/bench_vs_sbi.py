@@ -323,25 +323,6 @@ def time_pair(spec: dict) -> dict:
 
 
 # -- parent: data, references, scoring -------------------------------------------------------------------------------
-def likelihood_rejection(sim, y, n: int, seed: int, chunk: int = 1_000_000, max_draws: int = 10**9):
-    """Exact posterior samples for a bounded likelihood: prior draws accepted with prob ``p(y|x) / max_x p(y|x)``.
-
-    For ``inverse_kinematics`` with Gaussian noise the bound is the density at zero residual."""
-    gen = torch.Generator().manual_seed(seed)
-    log_max = -2 * math.log(sim.noise) - math.log(2 * math.pi)
-    kept, total, drawn = [], 0, 0
-    while total < n:
-        if drawn >= max_draws:
-            raise RuntimeError(f"likelihood_rejection: {total} of {n} accepted after {drawn} draws")
-        x = sim.sample_prior(chunk, generator=gen)
-        log_acc = sim.log_likelihood(y, x) - log_max
-        keep = torch.rand(chunk, generator=gen).log() < log_acc
-        kept.append(x[keep])
-        total += int(keep.sum())
-        drawn += chunk
-    return torch.cat(kept)[:n], total / drawn
-
-
 def make_observations(name: str, sim, n_test: int, seed: int):
     """Test observations ``(B, ...)`` (with their true parameters where drawn) and 1000 batch observations."""
     gen = torch.Generator().manual_seed(seed)
@@ -373,9 +354,11 @@ def make_reference(name: str, sim, y_test, n: int, seed: int) -> tuple:
             r = sim.sample_posterior(y_test[i], n, generator=gen)
             info.append({"kind": "exact"})
         elif kind == "likelihood_rejection":
-            r, rate = likelihood_rejection(sim, y_test[i], n, seed + i)
-            info.append({"kind": "exact rejection sampling (prior proposal, likelihood bound)",
-                         "acceptance_rate": rate})
+            res = reference.likelihood_rejection(sim.forward_kinematics, sim.prior, y_test[i], n,
+                                                 noise_std=sim.noise, seed=seed + i)
+            r = res.samples
+            info.append({"kind": "exact rejection sampling (sbi_inn.reference.likelihood_rejection)",
+                         "acceptance_rate": res.acceptance_rate})
         else:
             res = reference.mcmc(sim.log_likelihood, sim.prior, y_test[i], n, seed=seed + i)
             r = res.samples
