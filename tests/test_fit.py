@@ -316,7 +316,8 @@ def test_memory_file_and_streamed_fits_train_on_the_same_simulations(tmp_path):
         filed = tiny_fit(simulate=sim, n=300, seed=5, data_config=dcfg, data=tmp_path / "s.h5")
     streamed = fit_posterior(data=tmp_path / "s.h5", config=TINY, seed=5, show_progress=False,
                              data_config={**dcfg, "max_memory_bytes": 1})
-    other = tiny_fit(simulate=sim, n=300, seed=6, data_config=dcfg)
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        other = tiny_fit(simulate=sim, n=300, seed=6, data_config=dcfg)
     assert memory.metadata["data"]["num_invalid"] == filed.metadata["data"]["num_invalid"] > 0
     wm, wf, ws, wo = weights(memory), weights(filed), weights(streamed), weights(other)
     assert all(torch.equal(wm[k], wf[k]) for k in wm)

@@ -14,9 +14,11 @@ The commands follow the data flow: ``list`` and ``simulate`` (simulators -> HDF5
 (posterior + test simulations -> :func:`sbi_inn.diagnostics.report` -> metrics, tables and plots).
 
 Example:
-    >>> main(["list"])  # doctest: +SKIP
-    >>> main(["train", "ik.h5", "-o", "ik.sbi", "--minutes", "5"])  # doctest: +SKIP
-    >>> main(["sample", "ik.sbi", "--obs", "y.csv", "-n", "1000", "-o", "samples.h5"])  # doctest: +SKIP
+    >>> args = build_parser().parse_args(["simulate", "inverse_kinematics", "-n", "100", "-o", "ik.h5"])
+    >>> args.command, args.num_simulations, args.seed
+    ('simulate', 100, 0)
+
+    ``main([...])`` runs a command as the shell would, e.g. ``main(["train", "ik.h5", "-o", "ik.sbi"])``.
 """
 
 from __future__ import annotations
