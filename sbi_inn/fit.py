@@ -116,6 +116,8 @@ def fit_posterior(simulate: Callable | None = None, prior=None, *, num_simulatio
                             "sbi_inn.FitConfig or a dict of its fields")
         mconf = as_config(config, FitConfig, "config")
     dev = resolve_device(device)
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise ValueError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a directory")  # before any work
     sims = _training_data(simulate, prior, num_simulations, data, dconf, seed, show_progress)
     if method == "inn" and sims.is_set_valued:
         raise ValueError("method='inn' takes vector observations; use method='cinn' for set-valued data")
@@ -221,8 +223,6 @@ def _checkpoint(checkpoint_dir, fingerprint: dict) -> Path | None:
     if checkpoint_dir is None:
         return None
     d = Path(checkpoint_dir)
-    if d.exists() and not d.is_dir():
-        raise ValueError(f"checkpoint_dir {str(d)!r} is a file, not a directory")
     d.mkdir(parents=True, exist_ok=True)
     meta = d / "fit.json"
     if meta.is_file():

@@ -378,6 +378,11 @@ def test_checkpoint_fingerprint_refuses_another_config_data_or_seed_naming_it(tm
                           ({"n": 301}, "data.num_simulations")):
         with pytest.raises(ValueError, match=rf"different fit \(differs in [^)]*{field}"):
             tiny_fit(checkpoint_dir=ckpt, **kwargs)
+    a_file = tmp_path / "not_a_dir"
+    a_file.write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        tiny_fit(checkpoint_dir=a_file)
+    assert a_file.read_text() == "mine"
     # another simulator under the same name (two lambdas) simulates other data: refused by the data's hash
     wrapped = fit_posterior(lambda x: noisy_identity(x), BOX, num_simulations=300, config=TINY, show_progress=False,
                             checkpoint_dir=tmp_path / "lam")
