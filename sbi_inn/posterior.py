@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ from sbi_inn._version import __version__
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
+from sbi_inn.simulation import check_seed
 
 FORMAT_NAME = "sbi_inn.posterior"
 FORMAT_VERSION = 1
@@ -38,6 +40,14 @@ FORMAT_VERSION = 1
 # cache, large enough to amortise the per-pass overhead (timings: benchmarks/results/design_notes.md).
 SAMPLE_CHUNK_ROWS = 2**12
 MODEL_TYPES = {"cinn": ConditionalINN, "inn": BidirectionalINN}
+
+
+def _real(name: str, value) -> Tensor:
+    """``value`` as a real tensor (integers and booleans become float32); complex values are refused, not cast."""
+    t = torch.as_tensor(value if isinstance(value, Tensor) else np.asarray(value))
+    if t.is_complex():
+        raise TypeError(f"{name} must be real numbers, got dtype {t.dtype} (the imaginary part would be lost)")
+    return t if torch.is_floating_point(t) else t.to(torch.float32)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -106,9 +116,7 @@ class Posterior(nn.Module):
             for i, s in enumerate(sets):
                 padded[i, : len(s)] = s
             y, sizes = padded, torch.tensor([len(s) for s in sets])
-        y = torch.as_tensor(y)
-        if not torch.is_floating_point(y):
-            y = y.to(torch.float32)
+        y = _real("observations", y)
         y = y.to(device=self.device, dtype=torch.float32)
         event_ndim = len(self.obs_shape) + (1 if self.is_set_valued else 0)
         what = "(K, " + ", ".join(map(str, self.obs_shape)) + ")" if self.is_set_valued else str(self.obs_shape)
@@ -129,7 +137,10 @@ class Posterior(nn.Module):
             k = y.shape[1]
             if sizes is None:
                 sizes = torch.full((y.shape[0],), k, dtype=torch.long)
-            sizes = torch.as_tensor(sizes, dtype=torch.long).to(self.device)
+            sizes = torch.as_tensor(sizes)
+            if sizes.is_floating_point() and not torch.equal(sizes, sizes.round()) or sizes.dtype == torch.bool:
+                raise ValueError(f"sizes must be whole numbers, got {sizes.tolist()[:10]}")
+            sizes = sizes.to(dtype=torch.long, device=self.device)
             if sizes.shape != (y.shape[0],) or (sizes < 1).any() or (sizes > k).any():
                 raise ValueError(f"sizes must be a (B,) tensor with 1 <= size <= {k}, got {sizes.tolist()[:10]}")
             valid = torch.arange(k, device=self.device)[None, :] < sizes[:, None]
@@ -155,7 +166,7 @@ class Posterior(nn.Module):
         if seed is None:
             gen.seed()
         else:
-            gen.manual_seed(int(seed))
+            gen.manual_seed(check_seed(seed))
         return gen
 
     # -- the public contract --------------------------------------------------------------------------------------
@@ -196,6 +207,10 @@ class Posterior(nn.Module):
         gen = self._generator(seed)
         if out is not None and tuple(out.shape) != (n, Y.shape[0], self.param_dim):
             raise ValueError(f"out must have shape {(n, Y.shape[0], self.param_dim)}, got {tuple(out.shape)}")
+        if out is not None and not torch.is_floating_point(out):
+            raise TypeError(f"out must be a floating-point tensor (the samples are real numbers), got {out.dtype}")
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"max_rows must be an integer >= 1, got {max_rows!r}")
         return self._sample(n, Y, sizes, gen, max_rows=max_rows, show_progress=show_progress, out=out)
 
     def _sample(self, n, Y, sizes, gen, *, max_rows, show_progress, out=None) -> Tensor:
@@ -225,7 +240,7 @@ class Posterior(nn.Module):
             Tensor ``(n,)``. Densities are with respect to the parameter space (the support transform's Jacobian
             is included). Raises NotImplementedError for models without a tractable density.
         """
-        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        x = _real("x", x).to(dtype=torch.float32, device=self.device)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.param_dim:
@@ -257,6 +272,9 @@ class Posterior(nn.Module):
         bandwidth) and returns the reached mode of highest kernel density; ``"gradient"`` starts from the 32
         samples of highest ``log_prob`` and follows its gradient (models with a density only).
         """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+            raise ValueError(f"map needs num_samples >= 2 (a mode from one sample is that sample), got "
+                             f"{num_samples!r}")
         samples = self.sample((num_samples,), y, sizes=sizes, seed=seed)
         if method == "meanshift":
             return mean_shift(samples[:, None])[0]

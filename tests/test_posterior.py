@@ -205,3 +205,28 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work():
         fit_posterior(counting, PRIOR, num_simulations=100, device=f"cuda:{torch.cuda.device_count()}",
                       show_progress=False)
     assert calls == []  # refused before the pilot simulation
+
+
+def test_silent_wrong_results_are_refused(posterior):
+    """Complex observations or parameters, an integer out= buffer, max_rows <= 0, map from one sample and a
+    fractional seed each raise naming the argument instead of truncating or returning garbage."""
+    y = Y_OBS.to(torch.complex64)
+    with pytest.raises(TypeError, match="observations must be real numbers"):
+        posterior.sample((5,), y)
+    with pytest.raises(TypeError, match="observations must be real numbers"):
+        posterior.sample_batched((5,), y[None])
+    with pytest.raises(TypeError, match="x must be real numbers"):
+        posterior.log_prob(torch.zeros(3, 2, dtype=torch.complex64), Y_OBS)
+    with pytest.raises(TypeError, match="out must be a floating-point tensor"):
+        posterior.sample_batched((4,), Y_OBS[None], out=torch.zeros(4, 1, 2, dtype=torch.long))
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="max_rows"):
+            posterior.sample_batched((4,), Y_OBS[None], max_rows=bad)
+    with pytest.raises(ValueError, match="num_samples >= 2"):
+        posterior.map(Y_OBS, num_samples=1)
+    with pytest.raises(TypeError, match="seed"):
+        posterior.sample((5,), Y_OBS, seed=1.5)
+    # the valid forms still work: integer observations are taken as real numbers, out of float64 is filled
+    out = torch.zeros(4, 1, 2, dtype=torch.float64)
+    assert posterior.sample_batched((4,), Y_OBS[None].round().long(), out=out, seed=0) is out
+    assert torch.isfinite(out).all() and (out != 0).all()
