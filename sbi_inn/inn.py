@@ -103,7 +103,7 @@ class INNConfig:
             ``KL(q(x) || p(x))`` between the marginal of the backward samples ``x^ = g(y, z)`` (``y`` from the data,
             ``z ~ N(0, I)``) and the prior, in nats (see :func:`inn_losses`). Where ``L_x`` (an MMD) barely feels a
             few samples far outside the prior, ``L_kl`` charges each its prior log-density. Needs the prior's
-            log-density (``fit_inn(prior_log_prob=...)``; ``fit_posterior`` passes ``prior.log_prob``) and no
+            log-density (``fit_posterior`` passes ``prior.log_prob``; a simulation file alone has none) and no
             x-padding (``N = D``, e.g. a deterministic simulator with ``K = D - M``).
         flow: the coupling-flow architecture (default: thesis B.5.2 with a soft clamp of 1, stable at lr 3e-3).
         train: optimisation settings (Adam, decaying learning rate, clipping; ``sbi_inn.train``).
