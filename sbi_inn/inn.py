@@ -18,7 +18,7 @@ Training (thesis 4.1.2-4.1.3, one optimizer step on the sum of all terms, forwar
 - ``L_rec = E ||g_x(f_y(x), f_z(x), noise) - x||^2``: an inverse pass with fresh noise in the y-padding, so the
   padding carries no information;
 - optionally (ours, ``w_kl > 0``) ``L_kl``, the reverse KL divergence between the backward marginal ``q(x)`` and the
-  prior, exact by the change of variables (:func:`inn_losses`); it needs the prior's density and no x-padding.
+  prior, exact by the change of variables (``sbi_inn.losses.inn_losses``); it needs the prior's density and no x-padding.
 
 All distances live in the standardised space: ``x`` is mapped to an unconstrained space with the prior's support
 transform (so samples always lie inside the support) and standardised, ``y`` is standardised. During training the
@@ -101,8 +101,8 @@ class INNConfig:
         support_radius, support_latent_scale: the hinge radius and the latent over-dispersion of ``L_support``.
         w_kl: weight of ``L_kl`` (ours, not in the thesis; 0 disables it), the reverse KL divergence
             ``KL(q(x) || p(x))`` between the marginal of the backward samples ``x^ = g(y, z)`` (``y`` from the data,
-            ``z ~ N(0, I)``) and the prior, in nats (see :func:`inn_losses`). Where ``L_x`` (an MMD) barely feels a
-            few samples far outside the prior, ``L_kl`` charges each its prior log-density. Needs the prior's
+            ``z ~ N(0, I)``) and the prior, in nats (``sbi_inn.losses.inn_losses``). Where ``L_x`` (an MMD) barely
+            feels a few samples far outside the prior, ``L_kl`` charges each its prior log-density. Needs the prior's
             log-density (``fit_posterior`` passes ``prior.log_prob``; a simulation file alone has none) and no
             x-padding (``N = D``, e.g. a deterministic simulator with ``K = D - M``).
         flow: the coupling-flow architecture (default: thesis B.5.2 with a soft clamp of 1, stable at lr 3e-3).
@@ -218,7 +218,7 @@ class BidirectionalINN(nn.Module):
             ``sbi_inn.cinn.ConditionalINN``.
         pad_noise, y_noise: training noise levels (see the module docstring); kept with the model.
         y_loss, label_smoothing: ``"mse"`` (y-space = ``y``) or ``"ce"`` (y-space = centred log of the smoothed
-            label vectors, :func:`encode_labels`); kept with the model, since sampling must encode ``y`` the same way.
+            label vectors, ``sbi_inn.losses.encode_labels``); kept with the model, since sampling must encode ``y`` the same way.
 
     Implements the model protocol of ``sbi_inn.posterior``; the condition is the standardised y-space value of the
     observation (:meth:`encode_y`).
@@ -298,7 +298,7 @@ class BidirectionalINN(nn.Module):
     # -- observations: y-space and its standardisation -----------------------------------------------------------
     def y_space(self, y: Tensor) -> Tensor:
         """Observations ``(n, M)`` -> y-space ``(n, M)``: ``y`` itself (``"mse"``), or for ``"ce"`` the centred log
-        of the smoothed labels (:func:`encode_labels`; non-label ``y`` raises ``ValueError``)."""
+        of the smoothed labels (``sbi_inn.losses.encode_labels``; non-label ``y`` raises ``ValueError``)."""
         if self.y_loss == "mse":
             return y
         check_labels(y, self.M)
