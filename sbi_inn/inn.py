@@ -18,7 +18,8 @@ Training (thesis 4.1.2-4.1.3, one optimizer step on the sum of all terms, forwar
 - ``L_rec = E ||g_x(f_y(x), f_z(x), noise) - x||^2``: an inverse pass with fresh noise in the y-padding, so the
   padding carries no information;
 - optionally (ours, ``w_kl > 0``) ``L_kl``, the reverse KL divergence between the backward marginal ``q(x)`` and the
-  prior, exact by the change of variables (``sbi_inn.losses.inn_losses``); it needs the prior's density and no x-padding.
+  prior, exact by the change of variables (``sbi_inn.losses.inn_losses``); it needs the prior's density and no
+  x-padding.
 
 All distances live in the standardised space: ``x`` is mapped to an unconstrained space with the prior's support
 transform (so samples always lie inside the support) and standardised, ``y`` is standardised. During training the
@@ -218,7 +219,8 @@ class BidirectionalINN(nn.Module):
             ``sbi_inn.cinn.ConditionalINN``.
         pad_noise, y_noise: training noise levels (see the module docstring); kept with the model.
         y_loss, label_smoothing: ``"mse"`` (y-space = ``y``) or ``"ce"`` (y-space = centred log of the smoothed
-            label vectors, ``sbi_inn.losses.encode_labels``); kept with the model, since sampling must encode ``y`` the same way.
+            label vectors, ``sbi_inn.losses.encode_labels``); kept with the model, since sampling must encode ``y``
+            the same way.
 
     Implements the model protocol of ``sbi_inn.posterior``; the condition is the standardised y-space value of the
     observation (:meth:`encode_y`).
