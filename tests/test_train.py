@@ -301,3 +301,9 @@ def test_a_dataset_gives_the_same_batches_as_tensors():
     before = torch.get_rng_state()
     list(iterate_batches(ds, 6, torch.Generator().manual_seed(1)))
     assert torch.equal(torch.get_rng_state(), before)  # the loader draws nothing from the global RNG
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 2.5), ("batch_size", 64.0), ("patience", True), ("seed", "0")])
+def test_integer_settings_refuse_other_types_at_once(field, value):
+    with pytest.raises(TypeError, match=f"TrainConfig: {field} must be an integer"):
+        TrainConfig(**{field: value})
