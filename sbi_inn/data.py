@@ -640,6 +640,12 @@ def _open_read(path) -> h5py.File:
     if f.attrs.get("format") != FORMAT:
         f.close()
         raise ValueError(f"{path!r} is not an sbi_inn simulation file (written by simulate_to_hdf5)")
+    version = f.attrs.get("format_version")
+    version = version.item() if isinstance(version, np.generic) else version
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        f.close()
+        raise ValueError(f"{path!r} is in simulation-file format version {version!r}; this sbi_inn "
+                         f"({__version__}) reads versions 1 to {FORMAT_VERSION}")
     return f
 
 

@@ -126,7 +126,13 @@ def support_bounds(prior: Distribution) -> tuple[Tensor, Tensor]:
     """
     prior = as_prior(prior)
     d = prior.event_shape[0]
-    lo, hi = _constraint_bounds(prior.support, d)
+    try:
+        support = prior.support
+    except NotImplementedError:
+        raise TypeError(f"the prior ({type(prior).__name__}) has no .support; give it one (e.g. "
+                        "torch.distributions.constraints.real, or constraints.interval(low, high) for a box) so "
+                        "samples can be kept inside it") from None
+    lo, hi = _constraint_bounds(support, d)
     return torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
 
 

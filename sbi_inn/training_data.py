@@ -57,6 +57,7 @@ def from_simulator(sim: Simulation, num: int, path, config: DataConfig, seed: in
                    ) -> TrainingData:
     """Check the simulator on a pilot batch, then simulate ``num`` pairs in memory (``path=None``) or into the HDF5
     file ``path`` (resumed if interrupted, reused if it already holds them); invalid rows are dropped and counted."""
+    lo, hi = support_bounds(sim.prior)  # a prior without a readable support fails here, before any simulation
     pilot(sim, config.pilot_size, seed, config.max_invalid_fraction)
     origin = {"simulator": sim.name, "simulator_config": sim.config, "prior": describe_prior(sim.prior),
               "num_simulations": num, "seed": seed, "chunk_size": config.chunk_size}
@@ -71,7 +72,6 @@ def from_simulator(sim: Simulation, num: int, path, config: DataConfig, seed: in
                             show_progress=show_progress)
     n_bad = chunk.num_invalid
     chunk = drop_invalid(chunk, stacklevel=5)  # the warning points at the fit_posterior call
-    lo, hi = support_bounds(sim.prior)
     return TrainingData(sim.prior, lo, hi, sim.param_names, chunk.sizes is not None,
                         {"source": "memory", "num_invalid": n_bad, **origin}, chunk.x, chunk.y, chunk.sizes,
                         simulation=sim, fingerprint={"source": "memory", **origin,

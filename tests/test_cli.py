@@ -103,3 +103,19 @@ def test_module_help_runs_in_a_subprocess(capsys):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0 and "usage: sbi-inn " + command in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``sbi-inn info FILE | head``: when the reader has gone, the command stops without a traceback and with exit
+    status 141, as Unix tools do (the pipe's read end is closed before the command writes)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "sbi_inn.cli", "list"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 141

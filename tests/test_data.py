@@ -477,3 +477,13 @@ def test_dataset_max_rows_uses_only_the_first_rows(tmp_path):
     assert len(HDF5Dataset(path, "all", max_rows=1000)) == 100
     with pytest.raises(ValueError, match="max_rows"):
         HDF5Dataset(path, max_rows=0)
+
+
+def test_a_file_of_a_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "s.h5"
+    simulate_to_hdf5(lambda x: x, PRIOR2, 20, path, show_progress=False)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 99
+    for read in (hdf5_info, load_hdf5, HDF5Dataset):
+        with pytest.raises(ValueError, match="format version 99"):
+            read(path)

@@ -505,3 +505,17 @@ def test_inverse_kinematics_resimulation_error_with_defaults():
     prior_err = (sim.simulate(sim.sample_prior(500, generator=gen))[:, None] - Y).norm(dim=-1).mean().item()
     print(f"inverse kinematics re-simulation error {err:.4f} (prior {prior_err:.4f}), epochs {len(post.history)}")
     assert err < 0.1 * prior_err
+
+
+def test_a_prior_without_a_support_is_refused_before_any_simulation():
+    class NoSupport(torch.distributions.Distribution):
+        event_shape, batch_shape = torch.Size([2]), torch.Size()
+
+        def sample(self, sample_shape=()):
+            return torch.zeros(*sample_shape, 2)
+
+    calls = []
+    with pytest.raises(TypeError, match="has no .support"):
+        fit_posterior(lambda x: calls.append(1) or x, NoSupport(validate_args=False), num_simulations=50,
+                      config=TINY, show_progress=False)
+    assert calls == []

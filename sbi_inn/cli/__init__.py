@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sbi-inn {args.command}: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`sbi-inn info FILE | head`): stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except _BAD_INPUT as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         message = " ".join(str(message).split())
