@@ -312,6 +312,9 @@ class Simulation:
                 fix = "; use y[:, None] for a scalar observation" if y.ndim == 1 else ""
                 raise ValueError(f"simulator {self.name!r} returned shape {tuple(y.shape)}, expected ({n}, M) for "
                                  f"{n} parameter rows: one observation per row of x{fix}{hint}")
+        if y.shape[-1] == 0:
+            raise ValueError(f"simulator {self.name!r} returned observations with 0 columns (shape "
+                             f"{tuple(y.shape)}); it must return at least one number per simulation")
         if self.is_set_valued is None:
             self.is_set_valued = bool(is_set)
         if self.obs_names and y.shape[-1] != len(self.obs_names):

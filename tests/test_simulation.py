@@ -219,3 +219,16 @@ def test_the_numpy_retry_gets_a_fresh_generator():
     seeds = SeedTree(0).chunk_seeds(0)
     first, again = sim.chunk(seeds, 20), sim.chunk(seeds, 20)
     assert sim.use_numpy and torch.equal(first.y, again.y)
+
+
+def test_zero_columns_and_a_width_that_changes_midway_are_named():
+    with pytest.raises(ValueError, match="0 columns"):
+        _run(torch.zeros(4, 0))
+    calls = []
+
+    def widening(x):
+        calls.append(1)
+        return torch.zeros(len(x), 2 if len(calls) == 1 else 3)
+
+    with pytest.raises(ValueError, match=r"returned 3 observation dimensions, expected 2 \(y0, y1\)"):
+        simulate_memory(Simulation(widening, PRIOR), 30, chunk_size=10, seeds=SeedTree(0).chunk_seeds)
