@@ -23,7 +23,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -32,7 +31,7 @@ from sbi_inn._version import __version__
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
-from sbi_inn.simulation import check_seed
+from sbi_inn.simulation import check_seed, real_tensor
 
 FORMAT_NAME = "sbi_inn.posterior"
 FORMAT_VERSION = 1
@@ -40,14 +39,6 @@ FORMAT_VERSION = 1
 # cache, large enough to amortise the per-pass overhead (timings: benchmarks/results/design_notes.md).
 SAMPLE_CHUNK_ROWS = 2**12
 MODEL_TYPES = {"cinn": ConditionalINN, "inn": BidirectionalINN}
-
-
-def _real(name: str, value) -> Tensor:
-    """``value`` as a real tensor (integers and booleans become float32); complex values are refused, not cast."""
-    t = torch.as_tensor(value if isinstance(value, Tensor) else np.asarray(value))
-    if t.is_complex():
-        raise TypeError(f"{name} must be real numbers, got dtype {t.dtype} (the imaginary part would be lost)")
-    return t if torch.is_floating_point(t) else t.to(torch.float32)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -116,7 +107,7 @@ class Posterior(nn.Module):
             for i, s in enumerate(sets):
                 padded[i, : len(s)] = s
             y, sizes = padded, torch.tensor([len(s) for s in sets])
-        y = _real("observations", y)
+        y = real_tensor("observations", y)
         y = y.to(device=self.device, dtype=torch.float32)
         event_ndim = len(self.obs_shape) + (1 if self.is_set_valued else 0)
         what = "(K, " + ", ".join(map(str, self.obs_shape)) + ")" if self.is_set_valued else str(self.obs_shape)
@@ -240,7 +231,7 @@ class Posterior(nn.Module):
             Tensor ``(n,)``. Densities are with respect to the parameter space (the support transform's Jacobian
             is included). Raises NotImplementedError for models without a tractable density.
         """
-        x = _real("x", x).to(dtype=torch.float32, device=self.device)
+        x = real_tensor("x", x).to(dtype=torch.float32, device=self.device)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.param_dim:

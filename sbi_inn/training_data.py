@@ -20,7 +20,7 @@ from torch import Tensor
 from sbi_inn.config import DataConfig
 from sbi_inn.data import HDF5Dataset, content_hash, hdf5_info, load_hdf5, simulate_to_hdf5
 from sbi_inn.priors import as_prior, describe_prior, support_bounds
-from sbi_inn.simulation import SeedTree, Simulation, drop_invalid, pilot, simulate_memory
+from sbi_inn.simulation import SeedTree, Simulation, drop_invalid, pilot, real_tensor, simulate_memory
 
 STANDARDIZATION_ROWS = 100_000  # training rows the standardisation is fitted on
 
@@ -111,10 +111,8 @@ def from_file(path, prior, config: DataConfig, max_rows: int | None = None) -> T
 
 def from_arrays(x, y, sizes, prior) -> TrainingData:
     """Simulations a user already has: ``x (N, D)``, ``y (N, M)`` or sets ``(N, K, M)`` with ``sizes (N,)``."""
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    if x.is_complex() or y.is_complex():
-        raise TypeError("data=(x, y): parameters and observations must be real numbers, got complex values")
-    x, y = x.to(torch.float32), y.to(torch.float32)
+    x = real_tensor("data=(x, y): x", x).to(torch.float32)
+    y = real_tensor("data=(x, y): y", y).to(torch.float32)
     if x.ndim != 2 or y.ndim not in (2, 3) or x.shape[0] != y.shape[0] or (sizes is None) != (y.ndim == 2):
         raise ValueError(f"data=(x, y) needs x (N, D) and y (N, M), or (x, y (N, K, M), sizes (N,)) for sets, with "
                          f"equal N; got x {tuple(x.shape)}, y {tuple(y.shape)}")
