@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from sbi_inn._version import __version__
+from sbi_inn.locking import OutputLockedError, exclusive_lock
 from sbi_inn.priors import describe_prior
 from sbi_inn.simulation import Chunk, SeedTree, Simulation, simulate_chunks
 
@@ -109,6 +110,8 @@ def simulate_to_hdf5(
         ValueError: invalid arguments, an existing file written with different settings (the message names the
             field), a malformed simulator output, invalid rows with ``on_invalid="raise"``, or a chunk whose
             simulations are all invalid.
+        sbi_inn.locking.OutputLockedError: another process is writing ``path`` (each writer holds an OS lock on
+            ``<path>.lock`` while it runs; see :mod:`sbi_inn.locking`).
     """
     start_time = time.perf_counter()
     num_simulations = _check_int("num_simulations", num_simulations, 1)
@@ -127,33 +130,34 @@ def simulate_to_hdf5(
         sim = simulate
     else:
         sim = Simulation(simulate, prior, name=simulator_name, config=simulator_config)
-    writer = _Writer(path, _header(sim, seed, chunk_size), sim)
-    if path.exists() and resume:
-        writer.open_existing()
-    tmp_path = path.with_name(path.name + ".tmp")
-    new = new_invalid = 0
-    try:
-        writer.rollback_partial_tail(num_simulations)
-        chunks = simulate_chunks(sim, num_simulations, chunk_size=chunk_size, seeds=SeedTree(seed).chunk_seeds,
-                                 first_chunk=writer.chunks_done, show_progress=show_progress, desc=path.name,
-                                 initial=min(writer.num_simulated, num_simulations))
-        for i, chunk in enumerate(chunks, start=writer.chunks_done):
-            rows = _check_invalid(chunk, i, on_invalid, writer.rows == 0)
-            if writer.file is None:
-                writer.create(tmp_path, chunk)
-            writer.append(rows, len(chunk), chunk.num_invalid, num_requested=num_simulations)
-            if writer.created_at_tmp:
-                writer.close()
-                os.replace(tmp_path, path)
-                writer.created_at_tmp = False
-                writer.open_existing()
-            new += len(chunk)
-            new_invalid += chunk.num_invalid
-        writer.finish(num_simulations)
-    finally:
-        writer.close()
-        if writer.created_at_tmp and tmp_path.exists():
-            tmp_path.unlink()
+    with exclusive_lock(path, what="simulation file"):  # a second writer of this path is refused here
+        writer = _Writer(path, _header(sim, seed, chunk_size), sim)
+        if path.exists() and resume:
+            writer.open_existing()
+        tmp_path = path.with_name(path.name + ".tmp")
+        new = new_invalid = 0
+        try:
+            writer.rollback_partial_tail(num_simulations)
+            chunks = simulate_chunks(sim, num_simulations, chunk_size=chunk_size, seeds=SeedTree(seed).chunk_seeds,
+                                     first_chunk=writer.chunks_done, show_progress=show_progress, desc=path.name,
+                                     initial=min(writer.num_simulated, num_simulations))
+            for i, chunk in enumerate(chunks, start=writer.chunks_done):
+                rows = _check_invalid(chunk, i, on_invalid, writer.rows == 0)
+                if writer.file is None:
+                    writer.create(tmp_path, chunk)
+                writer.append(rows, len(chunk), chunk.num_invalid, num_requested=num_simulations)
+                if writer.created_at_tmp:
+                    writer.close()
+                    os.replace(tmp_path, path)
+                    writer.created_at_tmp = False
+                    writer.open_existing()
+                new += len(chunk)
+                new_invalid += chunk.num_invalid
+            writer.finish(num_simulations)
+        finally:
+            writer.close()
+            if writer.created_at_tmp and tmp_path.exists():
+                tmp_path.unlink()
     if new_invalid and on_invalid == "drop":
         warnings.warn(f"{new_invalid} of {new} simulations returned NaN or inf and were dropped "
                       f"({writer.num_invalid} in {str(path)!r} in total)", RuntimeWarning, stacklevel=2)
@@ -222,6 +226,9 @@ class _Writer:
         try:
             f = h5py.File(self.path, "r+")
         except OSError as err:
+            if "lock" in str(err).lower():  # HDF5's own file lock: another process has the file open
+                raise OutputLockedError(f"{str(self.path)!r} is open in another process (HDF5: {err}); close it "
+                                        "there or write to another path") from None
             raise ValueError(f"cannot open {str(self.path)!r} as an HDF5 file ({err}); choose another path or pass "
                              "resume=False to overwrite it") from None
         self.file = f

@@ -16,6 +16,7 @@ ends with the weights of an uninterrupted one, and a directory left by another f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -30,6 +31,7 @@ from sbi_inn._version import __version__
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.config import DataConfig, FitConfig, as_config
 from sbi_inn.inn import INNConfig, build_inn
+from sbi_inn.locking import exclusive_lock
 from sbi_inn.losses import check_kl, inn_loss
 from sbi_inn.posterior import Posterior, resolve_device
 from sbi_inn.simulation import SeedTree, Simulation, check_seed
@@ -118,10 +120,14 @@ def fit_posterior(simulate: Callable | None = None, prior=None, *, num_simulatio
     dev = resolve_device(device)
     if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
         raise ValueError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a directory")  # before any work
-    sims = _training_data(simulate, prior, num_simulations, data, dconf, seed, show_progress)
-    if method == "inn" and sims.is_set_valued:
-        raise ValueError("method='inn' takes vector observations; use method='cinn' for set-valued data")
-    return _fit(sims, method, mconf, dconf, summary, dev, seed, show_progress, checkpoint_dir)
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir is not None:  # one fit per checkpoint directory at a time, refused before simulating
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_lock(Path(checkpoint_dir) / "checkpoint.pt", what="checkpoint"))
+        sims = _training_data(simulate, prior, num_simulations, data, dconf, seed, show_progress)
+        if method == "inn" and sims.is_set_valued:
+            raise ValueError("method='inn' takes vector observations; use method='cinn' for set-valued data")
+        return _fit(sims, method, mconf, dconf, summary, dev, seed, show_progress, checkpoint_dir)
 
 
 def _training_data(simulate, prior, num, data, dconf: DataConfig, seed: int, show_progress: bool) -> TrainingData:

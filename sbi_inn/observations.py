@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_inn.locking import exclusive_lock
+
 SAMPLE_SUFFIXES = (".npy", ".h5", ".hdf5", ".csv")
 """Suffixes :func:`write_samples` knows; the suffix picks the format."""
 
@@ -268,21 +270,22 @@ def write_samples(path: str | os.PathLike, samples, *, param_names, attrs: dict 
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    elif suffix == ".csv":
-        import pandas as pd
+    with exclusive_lock(path, what="samples file"):  # two writers would share the .tmp file
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+        elif suffix == ".csv":
+            import pandas as pd
 
-        n, b, d = array.shape
-        frame = pd.DataFrame(array.reshape(n * b, d), columns=param_names)
-        frame.insert(0, "observation", np.tile(np.arange(b), n))
-        frame.to_csv(tmp, index=False)
-    else:
-        from sbi_inn.data import write_samples_hdf5
+            n, b, d = array.shape
+            frame = pd.DataFrame(array.reshape(n * b, d), columns=param_names)
+            frame.insert(0, "observation", np.tile(np.arange(b), n))
+            frame.to_csv(tmp, index=False)
+        else:
+            from sbi_inn.data import write_samples_hdf5
 
-        write_samples_hdf5(tmp, array, param_names=param_names, attrs=attrs)
-    tmp.replace(path)
+            write_samples_hdf5(tmp, array, param_names=param_names, attrs=attrs)
+        tmp.replace(path)
     return path
 
 
