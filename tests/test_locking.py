@@ -123,3 +123,19 @@ def test_samples_writer_is_refused_while_another_writes(tmp_path):
         _release(proc)
     write_samples(path, np.zeros((3, 2, 2)), param_names=["a", "b"])
     assert np.load(path).shape == (3, 2, 2)
+
+
+def test_cli_simulate_into_a_file_being_written_exits_2_with_one_line(tmp_path, capsys):
+    from sbi_inn.cli import main
+
+    path = tmp_path / "ik.h5"
+    proc = _holder(f"from sbi_inn.locking import exclusive_lock\nlock = exclusive_lock({str(path)!r})\n"
+                   "lock.__enter__()")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["simulate", "inverse_kinematics", "-n", "20", "-o", str(path), "--quiet"])
+    finally:
+        _release(proc)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "being written by process" in err and not path.exists()

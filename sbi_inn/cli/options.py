@@ -8,8 +8,10 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sbi_inn.locking import OutputLockedError
+
 _BAD_INPUT = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError,
-              NotADirectoryError, PermissionError)
+              NotADirectoryError, PermissionError, OutputLockedError)
 
 
 def _parse_config(items: Sequence[str] | None) -> dict:
