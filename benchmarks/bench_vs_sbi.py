@@ -265,7 +265,7 @@ def worker(spec: dict) -> dict:
     if method == "sbi":
         torch.save(posterior, spec["posterior_out"])  # sbi's own format is a pickle (our file, read back below)
     else:
-        posterior.save(spec["posterior_out"])
+        posterior.save(spec["posterior_out"], overwrite=True)
     return {"train_seconds": train_time, "train_peak_rss_increase_mib": train_peak,
             "sample_peak_rss_increase_mib": sample_peak, "peak_rss_mib": peak_abs, "baseline_rss_mib": rss0,
             "memory_method": mem.method, "num_train_rows": int(data["x"].shape[0]), "torch_threads":

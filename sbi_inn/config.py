@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from sbi_inn.checks import check_types
 from sbi_inn.flows import FlowConfig
 from sbi_inn.summary import POOLS
 from sbi_inn.train import TrainConfig
@@ -69,6 +70,7 @@ class DataConfig:
     fresh_simulations: bool = False
 
     def __post_init__(self):
+        check_types(self)  # a JSON value of the wrong type is named here
         for name in ("chunk_size", "pilot_size", "max_memory_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -137,6 +139,7 @@ class FitConfig:
     spline_bins: int = 8
 
     def __post_init__(self):
+        check_types(self)  # a JSON value of the wrong type is named here
         if isinstance(self.flow, dict):
             override(default_flow(2), self.flow, "FitConfig.flow")  # checks keys and values; flow_for applies it
         if isinstance(self.train, dict):

@@ -359,12 +359,40 @@ def _extend(ds, start: int, values: np.ndarray) -> None:
 
 
 def _committed_stats(f: h5py.File) -> np.ndarray:
-    done = int(f.attrs.get("chunks_done", 0))
-    stats = f["chunk_stats"][:done] if "chunk_stats" in f else np.zeros((0, len(_STATS)), np.int64)
-    if len(stats) != done:
-        raise ValueError(f"{f.filename!r} records {done} finished chunks but holds statistics for {len(stats)}; "
+    """``chunk_stats[:chunks_done]`` ``(C, 4)``, checked against what the file holds: a file whose attributes or
+    statistics claim more rows than its datasets have (damaged or crafted) is refused before anything is sized
+    by those counts."""
+    done = f.attrs.get("chunks_done", 0)
+    done = done.item() if isinstance(done, np.generic) else done
+    if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+        raise ValueError(f"{f.filename!r}: attribute 'chunks_done' must be an integer >= 0, got {done!r}")
+    stats_ds = f.get("chunk_stats")
+    held = stats_ds.shape[0] if isinstance(stats_ds, h5py.Dataset) else 0
+    if done > held:
+        raise ValueError(f"{f.filename!r} records {done} finished chunks but holds statistics for {held}; "
                          "the file is damaged: use another path or resume=False")
-    return stats.astype(np.int64)
+    stats = stats_ds[:done].astype(np.int64) if done else np.zeros((0, len(_STATS)), np.int64)
+    if (stats < 0).any():
+        raise ValueError(f"{f.filename!r}: negative counts in 'chunk_stats'; the file is damaged")
+    rows, set_rows = int(stats[:, 1].sum()), int(stats[:, 3].sum())
+    claims = {"x": rows, "y": set_rows if "sizes" in f else rows}
+    if "sizes" in f:
+        claims.update(sizes=rows, offsets=rows + 1)
+    for name, need in claims.items():
+        have = f[name].shape[0] if isinstance(f.get(name), h5py.Dataset) else 0
+        if need > have:
+            raise ValueError(f"{f.filename!r}: its chunk statistics claim {need} rows of {name!r}, the dataset holds "
+                             f"{have}; the file is damaged or not written by sbi_inn")
+    return stats
+
+
+def _check_sets(path, sizes: np.ndarray, offsets: np.ndarray, set_rows: int) -> None:
+    """``offsets`` must start at 0 and step by ``sizes`` (non-negative) up to ``set_rows``: then every set read
+    stays inside ``y``."""
+    if (len(offsets) != len(sizes) + 1 or offsets[0] != 0 or (sizes < 0).any()
+            or not np.array_equal(np.diff(offsets), sizes) or offsets[-1] > set_rows):
+        raise ValueError(f"{str(path)!r}: the datasets 'sizes' and 'offsets' disagree (or point past 'y'); the file is "
+                         "damaged or not written by sbi_inn")
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
@@ -417,8 +445,9 @@ class HDF5Dataset(torch.utils.data.Dataset):
                 self.num_file_rows = min(self.num_file_rows, _check_int("max_rows", max_rows, 1))
             self._sizes = self._offsets = None
             if self.metadata["is_set_valued"]:
-                self._sizes = f["sizes"][: self.num_file_rows]
-                self._offsets = f["offsets"][: self.num_file_rows + 1]
+                self._sizes = f["sizes"][: self.num_file_rows].astype(np.int64)
+                self._offsets = f["offsets"][: self.num_file_rows + 1].astype(np.int64)
+                _check_sets(self.path, self._sizes, self._offsets, int(stats[:, 3].sum()))
         self.max_set_size = int(max(self._sizes.max(initial=0), 1)) if self._sizes is not None else None
         if indices is None:
             self.indices = split_indices(self.num_file_rows, split, fractions=fractions, seed=seed)
@@ -466,9 +495,9 @@ class HDF5Dataset(torch.utils.data.Dataset):
             raise IndexError(f"index out of range for HDF5Dataset split {self.split!r} with {n} rows")
         rows, inverse = np.unique(self.indices[idx % n] if n else idx, return_inverse=True)
         f = self._handle()  # dataset handles are kept: each holds its own HDF5 chunk cache
-        x = _read_ranges(f["x"], rows, rows + 1)[inverse]
+        x = _float32(_read_ranges(f["x"], rows, rows + 1)[inverse])
         if not self.is_set_valued:
-            y = _read_ranges(f["y"], rows, rows + 1)[inverse]
+            y = _float32(_read_ranges(f["y"], rows, rows + 1)[inverse])
             return torch.from_numpy(x), torch.from_numpy(y)
         flat = _read_ranges(f["y"], self._offsets[rows], self._offsets[rows + 1])
         mask = np.arange(self.max_set_size)[None, :] < self._sizes[rows][:, None]
@@ -522,13 +551,15 @@ def load_hdf5(path: str | os.PathLike, *, max_rows: int | None = None) -> dict[s
         max_rows = _check_int("max_rows", max_rows, 0)
     with _open_read(path) as f:
         meta = _metadata(f)
-        committed = int(_committed_stats(f)[:, 1].sum())
+        stats = _committed_stats(f)
+        committed = int(stats[:, 1].sum())
         n = committed if max_rows is None else min(committed, max_rows)
-        out: dict[str, Any] = {"x": torch.from_numpy(f["x"][:n]), "metadata": meta}
+        out: dict[str, Any] = {"x": torch.from_numpy(_float32(f["x"][:n])), "metadata": meta}
         if not meta["is_set_valued"]:
-            out["y"] = torch.from_numpy(f["y"][:n])
+            out["y"] = torch.from_numpy(_float32(f["y"][:n]))
             return out
-        all_sizes = f["sizes"][:committed]
+        all_sizes = f["sizes"][:committed].astype(np.int64)
+        _check_sets(path, all_sizes, f["offsets"][: committed + 1].astype(np.int64), int(stats[:, 3].sum()))
         sizes, offsets = all_sizes[:n], f["offsets"][: n + 1]
         k = int(max(all_sizes.max(initial=0), 1))
         flat = f["y"][: int(offsets[-1])]
@@ -575,6 +606,7 @@ def content_hash(path: str | os.PathLike, *, max_rows: int | None = None, block:
 
     digest = hashlib.sha256()
     with _open_read(path) as f:
+        _metadata(f)  # checks the layout
         stats = _committed_stats(f)
         rows = int(stats[:, 1].sum()) if max_rows is None else min(int(stats[:, 1].sum()), max_rows)
         y_rows = rows
@@ -657,15 +689,74 @@ def _open_read(path) -> h5py.File:
 
 
 def _metadata(f: h5py.File) -> dict[str, Any]:
-    a = f.attrs
-    meta = {"simulator": _attr(f, "simulator"), "simulator_config": json.loads(a["simulator_config"]),
-            "prior": json.loads(a["prior"]), "seed": int(a["seed"]), "chunk_size": int(a["chunk_size"]),
-            "param_names": json.loads(a["param_names"]), "obs_names": json.loads(a["obs_names"]),
-            "is_set_valued": bool(a["is_set_valued"]), "sbi_inn_version": _attr(f, "sbi_inn_version"),
-            "format_version": int(a["format_version"]), "created": _attr(f, "created"),
-            "updated": _attr(f, "updated") if "updated" in a else None,
-            "compression": f["x"].compression}
+    """The recorded metadata of an open simulation file, every attribute and dataset checked first: a missing or
+    garbled attribute, or a dataset of the wrong shape or dtype, is refused naming it."""
+    missing = [key for key in _REQUIRED_ATTRS if key not in f.attrs]
+    if missing:
+        raise ValueError(f"{f.filename!r} lacks the attribute(s) {', '.join(missing)}: not a complete sbi_inn "
+                         "simulation file")
+    meta = {"simulator": _attr(f, "simulator"), "simulator_config": _json_attr(f, "simulator_config", dict),
+            "prior": _json_attr(f, "prior", (dict, list)), "seed": _int_attr(f, "seed"),
+            "chunk_size": _int_attr(f, "chunk_size", 1), "param_names": _names_attr(f, "param_names"),
+            "obs_names": _names_attr(f, "obs_names"), "is_set_valued": bool(_attr(f, "is_set_valued")),
+            "sbi_inn_version": _attr(f, "sbi_inn_version"), "format_version": _int_attr(f, "format_version", 1),
+            "created": _attr(f, "created"), "updated": _attr(f, "updated") if "updated" in f.attrs else None}
+    _check_datasets(f, meta)
+    meta["compression"] = f["x"].compression
     return meta
+
+
+_REQUIRED_ATTRS = ("simulator", "simulator_config", "prior", "seed", "chunk_size", "param_names", "obs_names",
+                   "is_set_valued", "format_version", "chunks_done")
+
+
+def _json_attr(f: h5py.File, key: str, kind):
+    try:
+        value = json.loads(_attr(f, key))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{f.filename!r}: attribute {key!r} is not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{f.filename!r}: attribute {key!r} holds a JSON {type(value).__name__}, not the expected "
+                         f"{getattr(kind, '__name__', 'object')}")
+    return value
+
+
+def _names_attr(f: h5py.File, key: str) -> list[str]:
+    names = _json_attr(f, key, list)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{f.filename!r}: attribute {key!r} must be a non-empty JSON list of names, got {names!r}")
+    return names
+
+
+def _int_attr(f: h5py.File, key: str, minimum: int = 0) -> int:
+    value = _attr(f, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{f.filename!r}: attribute {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_datasets(f: h5py.File, meta: dict) -> None:
+    """Each dataset a reader touches exists with the layout of the module docstring; x and y hold floating-point
+    numbers (float32 as written; other float widths are read as float32), the counts integers."""
+    widths = {"x": len(meta["param_names"]), "y": len(meta["obs_names"]), "chunk_stats": len(_STATS)}
+    layout = {"x": (2, "f"), "y": (2, "f"), "chunk_stats": (2, "iu")}
+    if meta["is_set_valued"]:
+        layout.update(sizes=(1, "iu"), offsets=(1, "iu"))
+    for name, (ndim, kinds) in layout.items():
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise ValueError(f"{f.filename!r} has no dataset {name!r}: not a complete sbi_inn simulation file")
+        if ds.dtype.kind not in kinds:
+            what = "floating-point numbers" if kinds == "f" else "integers"
+            raise ValueError(f"{f.filename!r}: dataset {name!r} has dtype {ds.dtype}; it must hold {what}")
+        if ds.ndim != ndim or (name in widths and ds.shape[1] != widths[name]):
+            want = f"(rows, {widths[name]})" if name in widths else "(rows,)"
+            raise ValueError(f"{f.filename!r}: dataset {name!r} has shape {ds.shape}, expected {want} (from the "
+                             "recorded names)")
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 else a.astype(np.float32)
 
 
 def _attr(f: h5py.File, key: str):

@@ -33,7 +33,7 @@ from sbi_inn.config import DataConfig, FitConfig, as_config
 from sbi_inn.inn import INNConfig, build_inn
 from sbi_inn.locking import exclusive_lock
 from sbi_inn.losses import check_kl, inn_loss
-from sbi_inn.posterior import Posterior, resolve_device
+from sbi_inn.posterior import Posterior, resolve_device, training_range
 from sbi_inn.simulation import SeedTree, Simulation, check_seed
 from sbi_inn.train import train
 from sbi_inn.training_data import (
@@ -160,6 +160,7 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
     train_part, val_part = split(sims, dconf.validation_fraction, seed)
     num_train = num_rows(train_part)
     x0, y0, s0 = standardization_sample(train_part)
+    covered = training_range(y0, s0)  # posteriors warn about observations outside it
     obs_shape = tuple(y0.shape[2:]) if sims.is_set_valued else tuple(y0.shape[1:])
     init_seed = SeedTree(seed).seed("init")
     if method == "cinn":
@@ -193,7 +194,8 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
                 "flow_config": model.flow_config.to_dict(), "summary": getattr(model, "summary_kind", None),
                 "data": {**sims.provenance, "num_train": num_train, "num_val": num_rows(val_part),
                          "fresh_simulations_per_epoch": dconf.fresh_simulations},
-                "train_seconds": time.perf_counter() - t0, "epochs_run": len(history), "history": history}
+                "train_seconds": time.perf_counter() - t0, "epochs_run": len(history), "history": history,
+                "training_range": covered}
     return Posterior(model, param_names=sims.param_names, obs_shape=obs_shape, is_set_valued=sims.is_set_valued,
                      metadata=_jsonable(metadata))
 

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sbi_inn.checks import check_types
+
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 # the same nonlinearities as functions, for the conditional subnets; the in-place forms (used when no gradient is
 # recorded) save one allocation per activation when sampling (measured: benchmarks/results/design_notes.md)
@@ -77,6 +79,7 @@ class FlowConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_types(self)  # a JSON value of the wrong type is named here
         if self.num_blocks < 1 or self.hidden < 1 or self.num_layers < 1:
             raise ValueError(f"FlowConfig: num_blocks, hidden and num_layers must be >= 1, got {self}")
         if self.activation not in ACTIVATIONS:

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sbi_inn.checks import check_types
 from sbi_inn.config import override
 from sbi_inn.flows import CouplingFlow, FlowConfig
 from sbi_inn.losses import DEFAULT_WIDTHS, KERNELS, Y_LOSSES, check_labels, encode_labels
@@ -145,6 +146,7 @@ class INNConfig:
     train: TrainConfig | dict = field(default_factory=lambda: DEFAULT_INN_TRAIN)
 
     def __post_init__(self):
+        check_types(self)  # a JSON value of the wrong type is named here
         object.__setattr__(self, "widths", tuple(float(h) for h in self.widths))
         if self.widths_x is not None:
             object.__setattr__(self, "widths_x", tuple(float(h) for h in self.widths_x))

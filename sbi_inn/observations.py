@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_inn.checks import real_tensor
 from sbi_inn.locking import exclusive_lock
 
 SAMPLE_SUFFIXES = (".npy", ".h5", ".hdf5", ".csv")
@@ -261,7 +262,7 @@ def write_samples(path: str | os.PathLike, samples, *, param_names, attrs: dict 
     if suffix not in SAMPLE_SUFFIXES:
         raise ValueError(f"samples are written as {', '.join(SAMPLE_SUFFIXES)} (the suffix picks the format), got "
                          f"{str(path)!r}")
-    array = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples)
+    array = real_tensor("samples", samples).cpu().numpy()
     param_names = [str(name) for name in param_names]
     if array.ndim != 3 or array.shape[-1] != len(param_names):
         raise ValueError(f"samples must have shape (n, B, {len(param_names)}) for parameters "

@@ -23,15 +23,17 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
+from sbi_inn.checks import real_tensor
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
-from sbi_inn.simulation import check_seed, real_tensor
+from sbi_inn.simulation import check_seed
 
 FORMAT_NAME = "sbi_inn.posterior"
 FORMAT_VERSION = 1
@@ -55,6 +57,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"device {device!r} was asked for, but this machine has "
                          f"{torch.cuda.device_count()} CUDA devices; use device='auto' or 'cpu'")
     return dev
+
+
+class OutsideTrainingWarning(UserWarning):
+    """An observation (or a set size) lies outside what the posterior was trained on: its answer is an
+    extrapolation, possibly badly calibrated."""
+
+
+RANGE_MARGIN = 0.05  # observations within 5 % of a dimension's training range beyond its ends pass without warning
+
+
+def training_range(y: Tensor, sizes: Tensor | None = None) -> dict:
+    """What the training observations covered, for :class:`Posterior`'s warnings: per-dimension ``obs_low`` and
+    ``obs_high`` of ``y`` ``(N, M)`` (sets ``(N, K, M)``: over the ``sizes`` members of each) and, for sets,
+    ``set_size_min`` / ``set_size_max``. JSON-ready (kept in ``Posterior.metadata["training_range"]``)."""
+    y = y.detach().float().cpu()
+    if sizes is not None:
+        sizes = sizes.detach().cpu().long()
+        valid = torch.arange(y.shape[1])[None, :] < sizes[:, None]
+        members = y[valid]
+        out = {"set_size_min": int(sizes.min()), "set_size_max": int(sizes.max())}
+    else:
+        members, out = y.reshape(y.shape[0], -1), {}
+    out.update(obs_low=members.min(0).values.tolist(), obs_high=members.max(0).values.tolist(),
+               num_rows=int(y.shape[0]))
+    return out
 
 
 class Posterior(nn.Module):
@@ -101,12 +128,7 @@ class Posterior(nn.Module):
     def _as_batch(self, y, sizes=None, *, single: bool) -> tuple[Tensor, Tensor | None]:
         """Check observations; return ``(Y (B, ...), sizes (B,) or None)`` on the model's device."""
         if self.is_set_valued and isinstance(y, (list, tuple)) and not single:
-            sets = [torch.as_tensor(s, dtype=torch.float32) for s in y]
-            k_max = max(len(s) for s in sets)
-            padded = torch.zeros(len(sets), k_max, *self.obs_shape)
-            for i, s in enumerate(sets):
-                padded[i, : len(s)] = s
-            y, sizes = padded, torch.tensor([len(s) for s in sets])
+            y, sizes = self._pad_sets(y, sizes)
         y = real_tensor("observations", y)
         y = y.to(device=self.device, dtype=torch.float32)
         event_ndim = len(self.obs_shape) + (1 if self.is_set_valued else 0)
@@ -142,14 +164,71 @@ class Posterior(nn.Module):
             raise ValueError("sizes are only meaningful for set-valued posteriors")
         elif not torch.isfinite(y).all():
             bad = (~torch.isfinite(y.reshape(y.shape[0], -1))).any(-1).nonzero()[:5].flatten().tolist()
-            raise ValueError(f"observations contain NaN or inf (rows {bad})")
+            raise ValueError(f"observations contain NaN or inf (rows {bad}; values beyond float32's range, "
+                             "about 3.4e38, count as inf)")
+        self._warn_outside_training(y, sizes)
         return y, sizes
+
+    def _warn_outside_training(self, y: Tensor, sizes: Tensor | None) -> None:
+        """Warn (:class:`OutsideTrainingWarning`) when set sizes or observation values lie outside what training
+        covered (``metadata["training_range"]``; posteriors saved without it are not checked)."""
+        trained = self.metadata.get("training_range")
+        if not trained:
+            return
+        notes = []
+        if sizes is not None and "set_size_max" in trained:
+            lo, hi = trained["set_size_min"], trained["set_size_max"]
+            out = (sizes < lo) | (sizes > hi)
+            if out.any():
+                seen = sorted(set(sizes[out].tolist()))
+                notes.append(f"set sizes {seen[:5]}{' ...' if len(seen) > 5 else ''} of {int(out.sum())} "
+                             f"observation(s) lie outside the sizes trained on ({lo} to {hi})")
+        low = torch.tensor(trained["obs_low"], device=y.device)
+        high = torch.tensor(trained["obs_high"], device=y.device)
+        pad = RANGE_MARGIN * (high - low)
+        flat = y.reshape(y.shape[0], -1, low.numel())  # (B, members, M)
+        outside = (flat < low - pad) | (flat > high + pad)
+        if sizes is not None:
+            outside &= (torch.arange(flat.shape[1], device=y.device)[None, :] < sizes[:, None])[..., None]
+        rows = outside.any(-1).any(-1)
+        if rows.any():
+            dims = outside.any(0).any(0).nonzero().flatten().tolist()
+            names = self.metadata.get("obs_names") or [f"y{d}" for d in range(low.numel())]
+            which = ", ".join(str(names[d]) if d < len(names) else f"y{d}" for d in dims[:5])
+            notes.append(f"{int(rows.sum())} of {y.shape[0]} observation(s) (e.g. row {int(rows.nonzero()[0])}) lie "
+                         f"outside the range of the {trained.get('num_rows', 'training')} training observations in "
+                         f"{which}{' ...' if len(dims) > 5 else ''}")
+        if notes:
+            import warnings
+
+            warnings.warn("; ".join(notes) + ": the posterior there is an extrapolation and may be badly calibrated",
+                          OutsideTrainingWarning, stacklevel=4)
+
+    def _pad_sets(self, sets, sizes) -> tuple[Tensor, Tensor]:
+        """A list of ``B`` sets ``(K_i, *obs_shape)`` as ``(B, max K_i, *obs_shape)`` zero-padded and ``sizes``."""
+        if sizes is not None:
+            raise ValueError("sizes come from the list of sets (each set's length); pass sizes= only with a padded "
+                             "(B, K, ...) tensor")
+        if len(sets) == 0:
+            raise ValueError("observations are an empty list of sets (B = 0)")
+        tensors = []
+        for i, member in enumerate(sets):
+            t = real_tensor(f"observations[{i}]", member).to(torch.float32)
+            if t.ndim != 1 + len(self.obs_shape) or tuple(t.shape[1:]) != self.obs_shape or t.shape[0] == 0:
+                raise ValueError(f"observations[{i}] must be a set of shape (K, {', '.join(map(str, self.obs_shape))}) "
+                                 f"with K >= 1 members, got {tuple(t.shape)}")
+            tensors.append(t)
+        padded = torch.zeros(len(tensors), max(len(t) for t in tensors), *self.obs_shape)
+        for i, t in enumerate(tensors):
+            padded[i, : len(t)] = t
+        return padded, torch.tensor([len(t) for t in tensors])
 
     @staticmethod
     def _num_samples(sample_shape) -> int:
-        shape = torch.Size(sample_shape if isinstance(sample_shape, (tuple, list, torch.Size)) else (sample_shape,))
-        if len(shape) != 1 or shape[0] < 1:
-            raise ValueError(f"sample_shape must be (n,) with n >= 1, got {tuple(shape)}")
+        shape = tuple(sample_shape) if isinstance(sample_shape, (tuple, list, torch.Size)) else (sample_shape,)
+        if len(shape) != 1 or isinstance(shape[0], bool) or not isinstance(shape[0], (int, np.integer)) \
+                or shape[0] < 1:
+            raise ValueError(f"sample_shape must be (n,) with a whole number n >= 1, got {sample_shape!r}")
         return int(shape[0])
 
     def _generator(self, seed: int | None) -> torch.Generator:
@@ -219,10 +298,23 @@ class Posterior(nn.Module):
                 c = self.model.condition(Y[start:stop], None if sizes is None else sizes[start:stop])
                 for s0 in range(0, n, sample_chunk):
                     s1 = min(n, s0 + sample_chunk)
-                    out[s0:s1, start:stop] = self.model.sample_given(c, s1 - s0, gen).to(out.device)
+                    draw = self.model.sample_given(c, s1 - s0, gen)
+                    if not torch.isfinite(draw).all():
+                        self._refuse_nonfinite(draw, start)
+                    out[s0:s1, start:stop] = draw.to(out.device)
         finally:
             self.model.train(was_training)
         return out
+
+    def _refuse_nonfinite(self, draw: Tensor, first_row: int) -> None:
+        """A sample that is not a finite number is never returned: say which observations, and whether the weights
+        are to blame."""
+        rows = (~torch.isfinite(draw)).any(-1).any(0).nonzero().flatten()[:5] + first_row
+        bad = nonfinite_weights(self.model.state_dict())
+        cause = (f"the model's weights hold NaN or inf ({', '.join(bad[:3])}): a diverged training run or a damaged "
+                 "file; retrain (e.g. with a lower learning rate)" if bad else
+                 "the observations may lie far outside what the model was trained on")
+        raise FloatingPointError(f"sampling produced NaN or inf for observation rows {rows.tolist()}: {cause}")
 
     def log_prob(self, x, y, *, sizes=None) -> Tensor:
         """``log q(x | y)`` for ``x`` ``(n, D)`` and one observation ``y`` (or ``y`` ``(n, ...)``, one per row).
@@ -238,7 +330,7 @@ class Posterior(nn.Module):
             raise ValueError(f"x must have shape (n, {self.param_dim}), got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or inf")
-        y_t = torch.as_tensor(y)
+        y_t = real_tensor("observations", y)
         event_ndim = len(self.obs_shape) + (1 if self.is_set_valued else 0)
         if y_t.ndim == event_ndim:
             Y, sz = self._as_batch(y_t, sizes, single=True)
@@ -246,7 +338,8 @@ class Posterior(nn.Module):
         else:
             Y, sz = self._as_batch(y_t, sizes, single=False)
             if Y.shape[0] != x.shape[0]:
-                raise ValueError(f"x has {x.shape[0]} rows but y has {Y.shape[0]}; pass one y or one per row")
+                raise ValueError(f"x has {x.shape[0]} rows but the observations y have {Y.shape[0]}; pass one "
+                                 "observation or one per row of x")
             c = self.model.condition(Y, sz)
         was_training = self.model.training
         self.model.eval()
@@ -301,9 +394,15 @@ class Posterior(nn.Module):
         raise ValueError(f"samples must be (n, D) or (n, B, D), got {tuple(samples.shape)}")
 
     # -- persistence ----------------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write weights plus JSON configuration (loadable with ``torch.load(weights_only=True)``, no pickle)."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write weights plus JSON configuration (loadable with ``torch.load(weights_only=True)``, no pickle),
+        atomically through ``<path>.tmp``; an existing ``path`` is refused (``FileExistsError``) unless
+        ``overwrite``."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'posterior.sbi'}")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "package_version": __version__,
                   "model": self.model.config(), "param_names": self.param_names, "obs_shape": list(self.obs_shape),
@@ -318,6 +417,75 @@ class Posterior(nn.Module):
         kind = self.model.config().get("type", "?")
         return (f"Posterior(method={kind!r}, params={self.param_names}, obs_shape={self.obs_shape}, "
                 f"set_valued={self.is_set_valued}, device={self.device})")
+
+
+def _check_header(header, state, path) -> None:
+    """Refuse a posterior header that is incomplete or asks for more than the file's weights could fill.
+
+    The architecture is built from the header before the weights are loaded, so a crafted header (``num_blocks``
+    of 10^8, ``hidden`` of 2^31) would hang or exhaust memory. Every size is bounded by the file's evidence: a
+    network of ``blocks`` coupling blocks with ``layers`` hidden layers of width ``hidden`` holds at least
+    ``blocks * hidden`` weights (``blocks * (layers - 1) * hidden**2`` with two or more hidden layers), and each
+    block at least one tensor; no size exceeds the number of weights stored.
+    """
+    if not isinstance(header, dict) or not isinstance(state, dict):
+        raise ValueError(f"{path}: not an sbi_inn posterior file (header or weights missing)")
+    for key, kind in (("model", dict), ("param_names", list), ("obs_shape", list), ("is_set_valued", bool)):
+        if key not in header:
+            raise ValueError(f"{path}: the posterior header lacks {key!r}")
+        if not isinstance(header[key], kind):
+            raise ValueError(f"{path}: header field {key!r} must be a JSON {kind.__name__}, got {header[key]!r}")
+    not_tensors = [str(k) for k, t in state.items() if not isinstance(t, Tensor)]
+    if not_tensors:
+        raise ValueError(f"{path}: the weights {', '.join(not_tensors[:3])} are not tensors; the file is damaged")
+    model = header["model"]
+    weights = sum(t.numel() for t in state.values())
+    tensors = len(state)
+
+    def size(where: str, value, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{path}: header field model.{where} must be an integer >= {minimum}, got {value!r}")
+        if value > weights:
+            raise ValueError(f"{path}: header field model.{where} = {value} exceeds the {weights} weights the file "
+                             "holds; the header is damaged or crafted")
+        return value
+
+    def least(where: str, blocks: int, layers: int, hidden: int) -> None:
+        need = blocks * (layers - 1) * hidden**2 if layers > 1 else blocks * hidden * layers
+        if need > weights:
+            raise ValueError(f"{path}: header field model.{where} asks for a network of at least {need} weights, the "
+                             f"file holds {weights}; the header is damaged or crafted")
+
+    if "flow" not in model or not isinstance(model["flow"], dict):
+        raise ValueError(f"{path}: the posterior header lacks 'model.flow'")
+    flow = model["flow"]
+    blocks, hidden, layers = (size(f"flow.{k}", flow.get(k)) for k in ("num_blocks", "hidden", "num_layers"))
+    if blocks > tensors:
+        raise ValueError(f"{path}: header field model.flow.num_blocks = {blocks} exceeds the {tensors} weight "
+                         "tensors the file holds; the header is damaged or crafted")
+    least("flow", blocks, layers, hidden)
+    size("param_dim", model.get("param_dim"))
+    for key in ("obs_dim", "latent_dim", "nominal_dim"):
+        if key in model:
+            size(key, model[key])
+    if "obs_shape" in model:
+        shape = model["obs_shape"]
+        if not isinstance(shape, list) or not shape:
+            raise ValueError(f"{path}: header field model.obs_shape must be a non-empty list, got {shape!r}")
+        size("obs_shape", math.prod(size("obs_shape", d) for d in shape))
+    summary = model.get("summary")
+    if isinstance(summary, dict) and summary.get("kind") in ("mlp", "deepset"):
+        s_hidden, s_layers = size("summary.hidden", summary["hidden"]), size("summary.layers", summary["layers"], 0)
+        size("summary.dim", summary.get("dim"))
+        least("summary", 1, s_layers, s_hidden)
+
+
+def nonfinite_weights(state: dict[str, Tensor]) -> list[str]:
+    """Names of the state-dict entries holding NaN, or inf anywhere but the support bounds (``support.lo`` /
+    ``support.hi`` are infinite on unbounded sides)."""
+    bounds = ("support.lo", "support.hi")
+    return [name for name, t in state.items() if t.is_floating_point()
+            and (torch.isnan(t).any() or (torch.isinf(t).any() and not name.endswith(bounds)))]
 
 
 def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Module:
@@ -361,6 +529,11 @@ def load_posterior(path: str | Path, device: str | torch.device = "auto", *,
         raise ValueError(f"{path} was written in posterior format {header.get('format_version')} by sbi_inn "
                          f"{header.get('package_version')}; this sbi_inn ({__version__}) reads format "
                          f"{FORMAT_VERSION}")
+    _check_header(header, state, path)
+    bad = nonfinite_weights(state)
+    if bad:
+        raise ValueError(f"{path}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or inf "
+                         "(saved from a diverged training run, or damaged); this posterior cannot give samples")
     model = model_from_config(header["model"], summary=summary)
     try:
         model.load_state_dict(state)

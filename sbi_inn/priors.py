@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Uniform, constraints
 
+from sbi_inn.checks import real_tensor
+
 
 class BoxUniform(Independent):
     """Uniform prior on the box ``[low, high]`` (event shape ``(D,)``), as in ``sbi.utils.BoxUniform``.
@@ -25,13 +27,17 @@ class BoxUniform(Independent):
     """
 
     def __init__(self, low, high):
-        low = torch.as_tensor(low, dtype=torch.get_default_dtype())
-        high = torch.as_tensor(high, dtype=torch.get_default_dtype())
+        low = real_tensor("BoxUniform: low", low).to(torch.get_default_dtype())
+        high = real_tensor("BoxUniform: high", high).to(torch.get_default_dtype())
         if low.shape != high.shape or low.ndim != 1:
             raise ValueError(f"BoxUniform: low and high must be 1-D of equal length, got {tuple(low.shape)} "
                              f"and {tuple(high.shape)}")
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError(f"BoxUniform: low and high must be finite numbers, got {low.tolist()} and "
+                             f"{high.tolist()} (for an unbounded side use IndependentPrior)")
         if not (high > low).all():
-            raise ValueError("BoxUniform: every high must exceed its low")
+            raise ValueError(f"BoxUniform: every high must exceed its low, got low {low.tolist()}, high "
+                             f"{high.tolist()}")
         super().__init__(Uniform(low, high), 1)
 
 

@@ -120,15 +120,6 @@ def _seeds(seq: np.random.SeedSequence, n: int) -> list[int]:
     return [int(v >> np.uint64(1)) for v in seq.generate_state(n, dtype=np.uint64)]
 
 
-def real_tensor(name: str, value) -> Tensor:
-    """``value`` (a tensor or array-like) as a real tensor, integers and booleans as float32; complex values are
-    refused naming ``name``, not cast (the imaginary part would be lost)."""
-    t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
-    if t.is_complex():
-        raise TypeError(f"{name} must be real numbers, got dtype {t.dtype} (the imaginary part would be lost)")
-    return t if torch.is_floating_point(t) else t.to(torch.float32)
-
-
 def accepts_keyword(fn: Callable, name: str) -> bool:
     """Whether ``fn`` can be called with the keyword argument ``name``."""
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from sbi_inn.checks import check_types
 from sbi_inn.simulation import SeedTree
 
 
@@ -103,12 +103,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience", "num_workers", "seed"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-                raise TypeError(f"TrainConfig: {name} must be an integer, got {value!r}")
-            if value is not None:
-                object.__setattr__(self, name, int(value))  # numpy integers become plain ints (JSON, checkpoints)
+        check_types(self)  # a JSON value of the wrong type is named here
         if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not (self.lr > 0 and self.lr_final > 0):

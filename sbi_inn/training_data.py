@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_inn.checks import real_tensor
 from sbi_inn.config import DataConfig
 from sbi_inn.data import HDF5Dataset, content_hash, hdf5_info, load_hdf5, simulate_to_hdf5
 from sbi_inn.priors import as_prior, describe_prior, support_bounds
-from sbi_inn.simulation import SeedTree, Simulation, drop_invalid, pilot, real_tensor, simulate_memory
+from sbi_inn.simulation import SeedTree, Simulation, drop_invalid, pilot, simulate_memory
 
 STANDARDIZATION_ROWS = 100_000  # training rows the standardisation is fitted on
 

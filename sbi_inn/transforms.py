@@ -48,14 +48,30 @@ class SupportTransform(nn.Module):
         return torch.where(mask, bound, torch.zeros_like(bound))
 
     def forward(self, u: Tensor) -> Tensor:
-        """Map unconstrained ``u`` ``(n, D)`` into the support."""
+        """Map unconstrained ``u`` ``(n, D)`` into the support.
+
+        The result is clamped to the finite numbers strictly inside the support: far-out ``u`` saturate the sigmoid
+        (``|u| > ~17`` in float32) or overflow the exponential, which would put a sample exactly on a bound (where
+        a bounded prior's density is 0) or at ``inf``; such samples move to the nearest representable number
+        inside. NaN stays NaN (callers refuse it).
+        """
         both, lower, upper = self._kinds
         lo, hi = self._safe(self.lo, both | lower), self._safe(self.hi, both | upper)
         x = u
         x = torch.where(both, lo + (hi - lo) * torch.sigmoid(u), x)
         x = torch.where(lower, lo + torch.exp(u), x)
         x = torch.where(upper, hi - torch.exp(u), x)
-        return x
+        return torch.minimum(torch.maximum(x, self._inner(self.lo, self.hi, x)), self._inner(self.hi, self.lo, x))
+
+    @staticmethod
+    def _inner(bound: Tensor, toward: Tensor, like: Tensor) -> Tensor:
+        """The representable number next to ``bound`` in the direction of ``toward``, in ``like``'s dtype; the
+        largest finite number of that sign for an infinite bound."""
+        bound, toward = bound.to(like.dtype), toward.to(like.dtype)
+        big = torch.finfo(like.dtype).max
+        finite = torch.nextafter(bound, toward)
+        big = torch.full_like(bound, big)
+        return torch.where(torch.isfinite(bound), finite, torch.where(bound > 0, big, -big))
 
     def inverse(self, x: Tensor) -> Tensor:
         """Map ``x`` inside the support to ``u``; points on or outside the boundary are clipped just inside."""

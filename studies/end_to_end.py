@@ -177,7 +177,7 @@ def run(args, out: Path, c2st_samples: int, c2st_options: dict) -> dict:
     posterior = fit_posterior(data=data_path, method="cinn", config=config, seed=args.seed, device=args.device,
                               show_progress=show)
     train_seconds = time.perf_counter() - t0
-    model_path = Path(posterior.save(out / "inverse_kinematics.sbi"))
+    model_path = Path(posterior.save(out / "inverse_kinematics.sbi", overwrite=True))  # --force was checked at start
     posterior = load_posterior(model_path, device=args.device)
     history = posterior.history
     best = min(history, key=lambda r: r.get("val_loss", math.inf))

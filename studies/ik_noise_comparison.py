@@ -133,7 +133,7 @@ def train_amortised(args, sim, data: Path, sim_seconds: float) -> dict:
         posterior = fit_posterior(data=data, method=method, config=config, seed=args.seed,
                                   show_progress=not args.quiet)
         train_s = time.perf_counter() - t0
-        path = posterior.save(Path(args.work) / f"{method}.sbi")
+        path = posterior.save(Path(args.work) / f"{method}.sbi", overwrite=True)
         history = posterior.history
         vals = [h["val_loss"] for h in history if "val_loss" in h]
         runs[name] = {"posterior": posterior, "train_s": train_s, "epochs": len(history),

@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
     train_seconds = time.perf_counter() - t0
     epochs = post.metadata["history"][-1]["planned_epochs"]
     if args.save_model:
-        post.save(out / "inverse_kinematics_inn.sbi")
+        post.save(out / "inverse_kinematics_inn.sbi", overwrite=True)
     load_train_end = os.getloadavg()
 
     # test set: fresh observations

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sbi_inn import HDF5Dataset, diagnostics, load_hdf5
+from sbi_inn import HDF5Dataset, diagnostics, load_hdf5, load_posterior
 from sbi_inn.cli import main
 from sbi_inn.registry import load_simulator
 
@@ -148,11 +148,16 @@ def test_diagnose_on_the_training_file_says_so_and_rebuilds_a_named_simulator(fi
     assert metrics["point_estimate"] == "median" and metrics["num_observations"] == 150
 
 
-def _bad_inputs(tmp):
+def _bad_inputs(tmp, model):
     wide = tmp / "wide.npy"
     np.save(wide, np.zeros((2, 3), np.float32))
     text = tmp / "words.csv"
     text.write_text("a,b\nc,d\n")
+    np.save(tmp / "complex.npy", np.zeros((2, 2), np.complex64) + 1j)
+    broken = load_posterior(model)
+    with torch.no_grad():
+        next(p for p in broken.model.parameters() if p.ndim == 2).fill_(float("nan"))
+    broken.save(tmp / "nan.sbi")
     return wide, text
 
 
@@ -174,9 +179,13 @@ def _bad_inputs(tmp):
     (["diagnose", "{model}", "--data", "{tmp}/missing.h5", "-o", "{tmp}/r"], "no such simulation file"),
     (["diagnose", "{model}", "--data", "{test}", "-o", "{tmp}/r", "--simulator", "nope"], "unknown simulator"),
     (["diagnose", "{model}", "--data", "{test}", "-o", "{tmp}/r", "--config", "noise=1"], "--config needs"),
+    (["train", "{train}", "-o", "{tmp}/m.sbi", "--checkpoint-dir", "{tmp}/words.csv"], "is a file, not a directory"),
+    (["sample", "{model}", "--obs", "{tmp}/complex.npy", "-n", "5", "-o", "{tmp}/s.npy"], "expected real numbers"),
+    (["sample", "{tmp}/nan.sbi", "--obs", "{test}", "-n", "5", "-o", "{tmp}/s.npy"], "hold NaN or inf"),
 ])
 def test_bad_input_exits_with_code_2_and_one_clear_line(files, tmp_path, capsys, argv, message):
-    _bad_inputs(tmp_path)
+    _bad_inputs(tmp_path, files["model"])
+    words = (tmp_path / "words.csv").read_bytes()
     argv = [a.format(tmp=tmp_path, train=files["train"], test=files["test"], model=files["model"]) for a in argv]
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -184,6 +193,7 @@ def test_bad_input_exits_with_code_2_and_one_clear_line(files, tmp_path, capsys,
     assert exc.value.code == 2
     assert message in err, err
     assert "Traceback" not in err
+    assert (tmp_path / "words.csv").read_bytes() == words and not (tmp_path / "s.npy").exists()
 
 
 def test_no_command_writes_over_a_file_without_force_and_never_over_its_inputs(files, tmp_path, capsys):

@@ -12,11 +12,15 @@ def test_data_config_defaults_validation_and_round_trip():
                                                                                                  False)
     assert DataConfig.from_dict(cfg.to_dict()) == cfg
     assert DataConfig.from_dict({"validation_fraction": 0.0}).validation_fraction == 0.0
-    for kwargs, match in (({"chunk_size": 0}, "chunk_size"), ({"pilot_size": 2.5}, "pilot_size"),
-                          ({"max_memory_bytes": True}, "max_memory_bytes"), ({"validation_fraction": 1.0},
-                                                                             "validation_fraction"),
+    for kwargs, match in (({"chunk_size": 0}, "chunk_size"), ({"validation_fraction": 1.0}, "validation_fraction"),
                           ({"max_invalid_fraction": 1.5}, "max_invalid_fraction")):
         with pytest.raises(ValueError, match=match):
+            DataConfig(**kwargs)
+    for kwargs, match in (({"pilot_size": 2.5}, "pilot_size must be an integer"),
+                          ({"max_memory_bytes": True}, "max_memory_bytes must be an integer"),
+                          ({"chunk_size": "10"}, "chunk_size must be an integer, got '10'"),
+                          ({"validation_fraction": "0.1"}, "validation_fraction must be a number")):
+        with pytest.raises(TypeError, match=match):
             DataConfig(**kwargs)
     with pytest.raises(TypeError, match="fresh_simulations"):
         DataConfig(fresh_simulations=1)
@@ -50,3 +54,20 @@ def test_method_configs_name_wrong_keys_at_every_level():
     inn = INNConfig(train={"epochs": 3})  # a partial dict overrides the INN's own defaults
     assert inn.train.epochs == 3 and inn.train.batch_size == INNConfig().train.batch_size == 500
     assert INNConfig.from_dict(inn.to_dict()) == inn
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: FitConfig.from_dict({"flow": {"num_blocks": "4"}}), "FlowConfig: num_blocks must be an integer, got '4'"),
+    (lambda: FitConfig.from_dict({"train": {"lr": "fast"}}), "TrainConfig: lr must be a number, got 'fast'"),
+    (lambda: FitConfig.from_dict({"flow": {"hidden": 2.5}}), "FlowConfig: hidden must be an integer, got 2.5"),
+    (lambda: FitConfig.from_dict({"flow": {"dropout": None}}), "FlowConfig: dropout must be a number, got None"),
+    (lambda: FitConfig.from_dict({"summary_dim": "a"}), "FitConfig: summary_dim must be an integer or null"),
+    (lambda: FitConfig.from_dict({"summary_activation": 3}), "FitConfig: summary_activation must be a string"),
+    (lambda: INNConfig.from_dict({"w_y": [1]}), r"INNConfig: w_y must be a number, got \[1\]"),
+    (lambda: INNConfig.from_dict({"deterministic": "yes"}), "INNConfig: deterministic must be true or false"),
+    (lambda: TrainConfig(max_time="1h"), "TrainConfig: max_time must be a number or null"),
+])
+def test_a_json_value_of_the_wrong_type_is_named_when_the_config_is_built(build, message):
+    """Values from JSON files and --config options: the field is named at once, not a bare comparison error later."""
+    with pytest.raises(TypeError, match=message):
+        build()

@@ -122,6 +122,18 @@ def test_save_load_gives_identical_samples(posterior, tmp_path):
     assert "cinn" in repr(loaded)
 
 
+def test_save_never_writes_over_a_file_unless_asked(posterior, tmp_path):
+    mine = tmp_path / "mine.sbi"
+    mine.write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        posterior.save(mine)
+    assert mine.read_bytes() == b"a user's file"
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        posterior.save(tmp_path)
+    posterior.save(mine, overwrite=True)
+    assert load_posterior(mine).param_names == posterior.param_names
+
+
 def test_corrupted_or_foreign_files_raise_value_error(posterior, tmp_path):
     path = posterior.save(tmp_path / "good.sbi")
     raw = path.read_bytes()
@@ -184,6 +196,19 @@ def test_set_valued_list_input_equals_padded_input(gen):
     torch.testing.assert_close(post.sample((4,), sets[0], seed=0), a[:, 0])
     with pytest.raises(ValueError, match="sizes"):
         post.sample_batched((4,), padded, sizes=torch.tensor([3, 0, 5]))
+    bad_lists = [
+        ([], ValueError, r"empty list of sets \(B = 0\)"),
+        ([torch.zeros(3, 1), torch.zeros(2, 2)], ValueError, r"observations\[1\] must be a set of shape \(K, 1\)"),
+        ([torch.zeros(3, 1), torch.zeros(0, 1)], ValueError, r"observations\[1\] .*K >= 1 members, got \(0, 1\)"),
+        ([torch.zeros(3, 1), [[1.0], [2.0, 3.0]]], ValueError, r"observations\[1\] must be a rectangular array"),
+        ([torch.zeros(3, 1), ["a"]], TypeError, r"observations\[1\] must be numbers"),
+        ([torch.zeros(3, 1, dtype=torch.complex64)], TypeError, r"observations\[0\] must be real numbers"),
+    ]
+    for sets_in, error, match in bad_lists:
+        with pytest.raises(error, match=match):
+            post.sample_batched((4,), sets_in, seed=0)
+    with pytest.raises(ValueError, match="sizes come from the list of sets"):
+        post.sample_batched((4,), sets, sizes=torch.tensor([3, 1, 5]))
 
 
 def test_a_device_this_machine_lacks_is_refused_before_any_work():

@@ -90,7 +90,7 @@ def _run_train(args: argparse.Namespace) -> int:
     posterior = fit_posterior(data=args.data, method=args.method, device=device, seed=args.seed, config=config,
                               show_progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
     seconds = time.perf_counter() - t0
-    path = posterior.save(args.output)
+    path = posterior.save(args.output, overwrite=args.force)
     if not args.quiet:
         history = posterior.history
         vals = [h["val_loss"] for h in history if math.isfinite(h.get("val_loss", math.nan))]

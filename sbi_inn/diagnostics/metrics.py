@@ -43,9 +43,13 @@ def as_tensor(value, name: str, ndims: Sequence[int] | None = None, shape_hint: 
         t = value.detach()
     else:
         try:
-            t = torch.as_tensor(np.asarray(value))
+            a = np.asarray(value)
+            if a.dtype.kind not in "biufc":
+                raise TypeError(f"dtype {a.dtype}")
+            t = torch.as_tensor(a)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(value).__name__}") from err
+            raise TypeError(f"{name} must be a torch tensor or numpy array of numbers, got {type(value).__name__} "
+                            f"({err})") from err
     if not torch.is_floating_point(t):
         if t.dtype == torch.bool or t.dtype.is_complex:
             raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
