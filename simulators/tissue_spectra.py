@@ -52,8 +52,38 @@ For one semi-infinite layer this reduces to ``R = a* mu_t* / (mu_t* + mu) / (1 +
 albedos 0.9-0.999. Limits: diffusion theory assumes ``mu_s' >> mu_a`` (transport albedo ``>~ 0.9``); it is
 qualitative where blood absorbs strongly (``v_hb`` near 0.3 at 450-580 nm, albedo down to ~0.3) and for layers
 thinner than a transport mean free path ``1 / (mu_a + mu_s')`` (tens of um to a few hundred um here). It ignores
-the specular reflex (assumed removed, e.g. by cross-polarisation) and lateral structure. A Monte-Carlo mode is not
-implemented.
+the specular reflex (assumed removed, e.g. by cross-polarisation) and lateral structure.
+
+Photon transport (``method="monte_carlo"``): the same optical properties (``mu_s = mu_s' / (1 - g)``, the same
+absorption floor), traced by the photon Monte Carlo of :mod:`simulators.photon_mc` (MCML rules: Henyey-Greenstein
+scattering with the full anisotropy ``g``, implicit absorption, Fresnel reflection and refraction at the tissue-air
+surface of index ``refractive_index``, the layers index-matched to each other, Russian roulette), one run of
+``photons`` packets (default ``DEFAULT_PHOTONS = 1000``) per row and grid wavelength. ``base="semi_infinite"``
+makes the deepest layer semi-infinite; ``base="ambient"`` ends the stack on an index-matched medium that keeps all
+light leaving through the bottom. The reflectance is the diffuse reflectance (specular reflex excluded, as above).
+It is exact transport theory where diffusion is not (low albedo, thin layers; diffusion overestimates the
+reflectance there, by ~5-10 % even at transport albedo 0.99 with ``g = 0.9``, see
+``tests/simulators/test_photon_mc.py``), but stochastic:
+
+* its noise is part of the simulation. With 1000 photons per wavelength the Monte Carlo error of a normalised band
+  (after the camera averages ~10 grid wavelengths) is measured at 0.4-3.8 % relative (about 1 % in the red, the
+  most in the 560/580 nm bands where blood absorbs; ``benchmarks/results/photon_mc.json``), below the default
+  camera noise of 5 %; it falls as ``1 / sqrt(photons)``. ``noise=0`` therefore does not make this mode
+  deterministic. All of it is drawn from the ``generator`` given to :meth:`simulate` (or to :meth:`reflectance` and
+  :meth:`band_intensities`): a seed reproduces a simulation exactly.
+* a photon is traced for at most ``MC_MAX_STEPS = 20 000`` interactions; the weight still travelling then is lost,
+  so the reflectance is biased low by that much: below 0.3 % of the reflectance for ``v_hb > 0.015``, up to a few
+  percent in nearly bloodless tissue (``v_hb`` -> 0, a ~5 % corner of the prior) at red wavelengths, where the
+  random walks in the nearly non-absorbing tissue are longest.
+* it is slow: the cost is the number of scattering events, ~500 per photon on average over the prior (up to
+  ~10 000 for weakly absorbed red light), so a spectrum of 57 wavelengths x 1000 photons takes seconds on one CPU
+  thread (``benchmarks/bench_photon_mc.py`` measures spectra per second); on a GPU (inputs and generator there)
+  the photons of many spectra run in parallel.
+* :meth:`log_likelihood` refuses (``NotImplementedError``): the distribution of the Monte Carlo noise has no closed
+  form; use the diffusion mode for an exact likelihood.
+
+In the Monte Carlo mode ``g`` acts through the whole phase function, so its (small) effect on the bands differs
+from the diffusion mode's; the identifiability notes below are for the diffusion mode.
 
 Camera: the reflectance on a grid of ``wavelength_step`` (5 nm) is integrated over ``len(band_centers)`` bands
 (default 8) with Gaussian filter responses of the given centres and FWHM, weighted by the illumination spectrum
@@ -113,6 +143,7 @@ from torch import Tensor
 
 from sbi_inn.priors import BoxUniform
 from simulators.base import Simulator
+from simulators.photon_mc import photon_mc
 
 # per-layer parameters: name, unit, prior low, prior high
 LAYER_PARAMS = (
@@ -130,7 +161,9 @@ C_HB = 150.0  # g/L haemoglobin in whole blood
 M_HB = 64500.0  # g/mol, tetramer
 MU_A_FLOOR = 1e-4  # cm^-1, stands in for water / bloodless tissue
 CHUNK_ELEMENTS = 32768  # (layers x rows x wavelengths) per chunk: cache-sized, below torch's intra-op grain size
-METHODS = ("diffusion",)
+METHODS = ("diffusion", "monte_carlo")
+DEFAULT_PHOTONS = 1000  # photon packets per wavelength in method="monte_carlo"
+MC_MAX_STEPS = 20_000  # steps per photon before it is counted as unfinished (bias bound reported, see module)
 BASES = ("semi_infinite", "ambient")
 
 
@@ -235,7 +268,10 @@ class TissueSpectra(Simulator):
         band_centers: filter centre wavelengths in nm (450-800 nm), at least two.
         band_fwhm: filter full width at half maximum in nm, one number or one per band.
         noise: relative (log-normal) noise level ``sigma`` on the normalised intensities; ``0`` is noise free.
-        method: photon transport model; only ``"diffusion"``.
+        method: photon transport model, ``"diffusion"`` (deterministic, fast) or ``"monte_carlo"`` (photon Monte
+            Carlo, :mod:`simulators.photon_mc`; its noise is part of the simulation, see the module docstring).
+        photons: photon packets per wavelength for ``method="monte_carlo"`` (default ``DEFAULT_PHOTONS``); must
+            not be given with ``"diffusion"``.
         base: ``"semi_infinite"`` (deepest layer continues downwards) or ``"ambient"`` (absorbing medium below).
         refractive_index: tissue refractive index for the surface boundary condition.
         illumination: ``None`` for a flat spectrum or ``[[wavelength_nm, power], ...]`` (linearly interpolated,
@@ -248,13 +284,20 @@ class TissueSpectra(Simulator):
     def __init__(self, num_layers: int = 1, band_centers: Sequence[float] = DEFAULT_BAND_CENTERS,
                  band_fwhm: float | Sequence[float] = DEFAULT_BAND_FWHM, noise: float = 0.05,
                  method: str = "diffusion", base: str = "semi_infinite", refractive_index: float = 1.4,
-                 illumination: Sequence[Sequence[float]] | None = None, wavelength_step: float = 5.0):
+                 illumination: Sequence[Sequence[float]] | None = None, wavelength_step: float = 5.0,
+                 photons: int | None = None):
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= 3:
             raise ValueError(f"tissue_spectra: num_layers must be 1, 2 or 3, got {num_layers!r}")
         if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
             raise ValueError(f"tissue_spectra: noise must be a finite number >= 0, got {noise!r}")
         if method not in METHODS:
             raise ValueError(f"tissue_spectra: unknown method {method!r}; available: {', '.join(METHODS)}")
+        if photons is not None and method != "monte_carlo":
+            raise ValueError(f"tissue_spectra: photons applies to method='monte_carlo' only, got method={method!r}")
+        if photons is None:
+            photons = DEFAULT_PHOTONS
+        if isinstance(photons, bool) or not isinstance(photons, int) or not 2 <= photons <= 10**8:
+            raise ValueError(f"tissue_spectra: photons must be an integer in [2, 1e8], got {photons!r}")
         if base not in BASES:
             raise ValueError(f"tissue_spectra: unknown base {base!r}; available: {', '.join(BASES)}")
         if not (math.isfinite(refractive_index) and 1.0 <= refractive_index <= 2.0):
@@ -277,6 +320,7 @@ class TissueSpectra(Simulator):
         if any(not (0 < w <= 200 and math.isfinite(w)) for w in fwhm):
             raise ValueError(f"tissue_spectra: band_fwhm must be in (0, 200] nm, got {fwhm}")
         self.num_layers, self.noise, self.method, self.base = num_layers, float(noise), method, base
+        self.photons = int(photons)
         self.refractive_index, self.wavelength_step = float(refractive_index), float(wavelength_step)
         self.band_centers, self.band_fwhm = centers, fwhm
         self.illumination = None if illumination is None else [[float(w), float(p)] for w, p in illumination]
@@ -305,10 +349,13 @@ class TissueSpectra(Simulator):
         self.prior = BoxUniform([p[2] for p in LAYER_PARAMS] * num_layers, [p[3] for p in LAYER_PARAMS] * num_layers)
 
     def config(self) -> dict:
-        return {"num_layers": self.num_layers, "band_centers": list(self.band_centers),
-                "band_fwhm": list(self.band_fwhm), "noise": self.noise, "method": self.method, "base": self.base,
-                "refractive_index": self.refractive_index, "illumination": self.illumination,
-                "wavelength_step": self.wavelength_step}
+        cfg = {"num_layers": self.num_layers, "band_centers": list(self.band_centers),
+               "band_fwhm": list(self.band_fwhm), "noise": self.noise, "method": self.method, "base": self.base,
+               "refractive_index": self.refractive_index, "illumination": self.illumination,
+               "wavelength_step": self.wavelength_step}
+        if self.method == "monte_carlo":  # diffusion configs (and the files recording them) stay as they were
+            cfg["photons"] = self.photons
+        return cfg
 
     def check_parameters(self, x: Tensor) -> Tensor:
         """Base-class checks plus the physical domain (not the prior box): ``0 <= sO2, v_hb <= 1``, ``a_mie > 0``,
@@ -349,16 +396,44 @@ class TissueSpectra(Simulator):
         """Rows per chunk: small enough that temporaries stay in cache and run without thread hand-offs."""
         return max(1, CHUNK_ELEMENTS // (self.num_layers * num_wavelengths))
 
-    def _reflectance(self, x: Tensor, lam: Tensor, eps: Tensor) -> Tensor:
+    def _optics(self, x: Tensor, lam: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``mu_a``, ``mu_s'`` (cm^-1, floor not applied), ``g`` and ``d`` (cm) per layer, shapes ``(N, n, L)`` and
+        ``(N, n, 1)``."""
         p = x.to(torch.float64).reshape(x.shape[0], self.num_layers, len(LAYER_PARAMS)).permute(1, 0, 2)
         so2, v_hb, a_mie, b_mie, g, d = (p[..., j, None] for j in range(len(LAYER_PARAMS)))  # (N, n, 1)
         eps = eps.to(p.device)
         mu_a = v_hb * (math.log(10) * C_HB / M_HB) * (so2 * eps[0] + (1 - so2) * eps[1])  # (N, n, L)
         mu_sp = a_mie * (lam.to(p.device) / 500.0) ** (-b_mie)
+        return mu_a, mu_sp, g, d
+
+    def _reflectance(self, x: Tensor, lam: Tensor, eps: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mu_a, mu_sp, g, d = self._optics(x, lam, eps)
+        if self.method == "monte_carlo":
+            return self._mc_reflectance(mu_a, mu_sp, g, d, generator)
         return diffuse_reflectance(mu_a, mu_sp, g, d, A=self.A, semi_infinite_base=self.base == "semi_infinite")
 
-    def reflectance(self, x: Tensor, wavelengths: Tensor | None = None) -> Tensor:
+    def _mc_reflectance(self, mu_a: Tensor, mu_sp: Tensor, g: Tensor, d: Tensor,
+                        generator: torch.Generator | None) -> Tensor:
+        """Monte Carlo diffuse reflectance, shape ``(n, L)``: one layer stack per row and wavelength."""
+        num, rows, num_lam = mu_a.shape
+        mu_a = mu_a.clamp_min(MU_A_FLOOR)
+        g = g.expand(num, rows, num_lam)
+        mu_s = mu_sp / (1 - g)
+        d = d.expand(num, rows, num_lam)
+        if self.base == "semi_infinite":
+            d = torch.cat([d[:-1], torch.full_like(d[-1:], math.inf)])
+        stack = [t.permute(1, 2, 0).reshape(rows * num_lam, num) for t in (mu_a, mu_s, g, d)]
+        res = photon_mc(*stack[:3], torch.full_like(stack[0], self.refractive_index), stack[3],
+                        photons=self.photons, generator=generator, n_above=1.0, n_below=self.refractive_index,
+                        max_steps=MC_MAX_STEPS, warn=False)
+        return res.reflectance.reshape(rows, num_lam)
+
+    def reflectance(self, x: Tensor, wavelengths: Tensor | None = None, *,
+                    generator: torch.Generator | None = None) -> Tensor:
         """Diffuse reflectance before the camera, shape ``(n, L)``, at ``wavelengths`` (nm; default the grid).
+
+        With ``method="monte_carlo"`` it is a Monte Carlo estimate drawn from ``generator`` (a fresh, randomly
+        seeded one when ``None``); the diffusion mode ignores ``generator``.
 
         Example:
             >>> sim = TissueSpectra()
@@ -373,26 +448,40 @@ class TissueSpectra(Simulator):
         eps = self._eps_grid if wavelengths is None else self._extinction(lam)
         if x.shape[0] == 0:
             return torch.empty(0, len(lam), dtype=x.dtype, device=x.device)
+        if self.method == "monte_carlo":
+            return self._reflectance(x, lam, eps, self._generator(generator, x)).to(x.dtype)
         chunk = self._chunk(len(lam))
         return torch.cat([self._reflectance(x[i:i + chunk], lam, eps) for i in range(0, x.shape[0], chunk)]).to(x.dtype)
 
-    def band_intensities(self, x: Tensor) -> Tensor:
-        """Noise-free normalised camera intensities ``ybar(x)`` (sum 1 over bands), shape ``(n, M)``."""
-        x = self.check_parameters(x)
-        return self._bands(x).to(x.dtype)
+    def band_intensities(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Noise-free normalised camera intensities ``ybar(x)`` (sum 1 over bands), shape ``(n, M)``.
 
-    def _bands(self, x: Tensor) -> Tensor:
-        """Normalised noise-free intensities in float64, shape ``(n, M)``, computed in chunks of rows."""
+        With ``method="monte_carlo"`` they carry the Monte Carlo noise of the reflectance (drawn from ``generator``,
+        a fresh, randomly seeded one when ``None``), not the camera noise.
+        """
+        x = self.check_parameters(x)
+        return self._bands(x, self._generator(generator, x)).to(x.dtype)
+
+    def _generator(self, generator: torch.Generator | None, x: Tensor) -> torch.Generator | None:
+        if self.method != "monte_carlo" or generator is not None:
+            return generator
+        generator = torch.Generator(device=x.device)
+        generator.seed()
+        return generator
+
+    def _bands(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Normalised noise-free intensities in float64, shape ``(n, M)``, computed in chunks of rows (Monte Carlo:
+        all rows at once, ``photon_mc`` streams the photons itself)."""
         weights = self._band_weights.to(x.device)
-        chunk = self._chunk(len(self.wavelengths))
+        chunk = x.shape[0] if self.method == "monte_carlo" else self._chunk(len(self.wavelengths))
         out = []
-        for start in range(0, x.shape[0], chunk):
-            bands = self._reflectance(x[start:start + chunk], self.wavelengths, self._eps_grid) @ weights
+        for start in range(0, x.shape[0], max(chunk, 1)):
+            bands = self._reflectance(x[start:start + chunk], self.wavelengths, self._eps_grid, generator) @ weights
             out.append(bands / bands.sum(-1, keepdim=True))
         return torch.cat(out) if out else torch.empty(0, self.obs_dim, dtype=torch.float64, device=x.device)
 
     def _simulate(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        out = self._bands(x).to(x.dtype)
+        out = self._bands(x, generator).to(x.dtype)
         if self.noise > 0:
             eps = torch.randn(out.shape, generator=generator, device=x.device, dtype=x.dtype)
             out = out * torch.exp(self.noise * eps)
@@ -404,7 +493,17 @@ class TissueSpectra(Simulator):
         ``-inf`` where some ``y_b <= 0`` or ``x`` is outside the physical domain (see :meth:`check_parameters`).
 
         ``y`` of shape ``(M,)`` or ``(n, M)`` broadcasts against ``x`` of shape ``(n, D)``.
+
+        Only for ``method="diffusion"``: with ``"monte_carlo"`` the Monte Carlo noise of the reflectance is part of
+        the simulation and its distribution has no closed form, so a ``NotImplementedError`` says so (plugging in
+        a Monte Carlo mean would give a noisy likelihood that ignores that noise).
         """
+        if self.method == "monte_carlo":
+            raise NotImplementedError(
+                "tissue_spectra with method='monte_carlo' has no tractable likelihood: the Monte Carlo noise of the "
+                "reflectance is part of the simulation and its distribution is not known in closed form; use "
+                "method='diffusion' for the exact likelihood of the diffusion model"
+            )
         if self.noise <= 0:
             raise NotImplementedError(
                 "tissue_spectra with noise=0 is deterministic and has no likelihood; "

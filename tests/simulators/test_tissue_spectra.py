@@ -13,8 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulators import get_simulator
+from simulators.photon_mc import photon_mc
 from simulators.tissue_spectra import (
+    C_HB,
     LAYER_PARAMS,
+    M_HB,
+    MU_A_FLOOR,
     diffuse_reflectance,
     load_hemoglobin_table,
     refractive_index_factor,
@@ -344,7 +348,10 @@ def test_bad_parameters_raise():
 @pytest.mark.parametrize("config, match", [
     ({"noise": -0.1}, "noise"),
     ({"noise": float("nan")}, "noise"),
-    ({"method": "monte_carlo"}, "method"),
+    ({"method": "mcml"}, "method"),
+    ({"photons": 100}, "photons"),
+    ({"method": "monte_carlo", "photons": 1}, "photons"),
+    ({"method": "monte_carlo", "photons": 2.5}, "photons"),
     ({"base": "mirror"}, "base"),
     ({"num_layers": 4}, "num_layers"),
     ({"num_layers": 0}, "num_layers"),
@@ -359,3 +366,74 @@ def test_bad_parameters_raise():
 def test_bad_config_raises(config, match):
     with pytest.raises(ValueError, match=match):
         get_simulator("tissue_spectra", **config)
+
+
+# -- Monte Carlo mode -----------------------------------------------------------------------------------------------
+# much blood and little scattering keep the random walks short, so a few photons per wavelength run in seconds
+BLOODY = [0.3, 0.3, 10.0, 1.0, 0.8, 0.02]
+
+
+def test_monte_carlo_mode_contract():
+    sim = get_simulator("tissue_spectra", method="monte_carlo", photons=30, noise=0.0)
+    x = torch.tensor([BLOODY, [0.9] + BLOODY[1:]], dtype=torch.float64)
+    y1 = sim.simulate(x, generator=torch.Generator().manual_seed(0))
+    y2 = sim.simulate(x, generator=torch.Generator().manual_seed(0))
+    y3 = sim.simulate(x, generator=torch.Generator().manual_seed(1))
+    assert y1.shape == (2, 8) and y1.dtype == x.dtype
+    assert torch.equal(y1, y2)  # the photons come from the generator
+    assert not torch.equal(y1, y3)  # Monte Carlo noise is part of the simulation even with noise=0
+    assert (y1 > 0).all() and torch.allclose(y1.sum(-1), torch.ones(2, dtype=x.dtype))
+    assert sim.simulate(x.float(), generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+    assert sim.band_intensities(x, generator=torch.Generator().manual_seed(0)).shape == (2, 8)
+    r = sim.reflectance(x, torch.tensor([560.0, 700.0]), generator=torch.Generator().manual_seed(0))
+    assert r.shape == (2, 2) and (r[:, 0] < r[:, 1]).all()  # blood absorbs green far more than red
+    assert sim.reflectance(x[:0]).shape == (0, len(sim.wavelengths))
+    two = get_simulator("tissue_spectra", method="monte_carlo", photons=20, num_layers=2, base="ambient")
+    y = two.simulate(torch.tensor([BLOODY + BLOODY], dtype=torch.float64), generator=torch.Generator().manual_seed(2))
+    assert y.shape == (1, 8) and (y > 0).all()
+
+
+@pytest.mark.parametrize("base", ["semi_infinite", "ambient"])
+def test_monte_carlo_reflectance_is_photon_mc_of_the_documented_optics(base):
+    """The simulator's Monte Carlo reflectance is photon_mc run on the module docstring's optical properties:
+    ``n = refractive_index`` in air, semi-infinite base or an index-matched absorbing medium below."""
+    sim = get_simulator("tissue_spectra", method="monte_carlo", photons=200, base=base, refractive_index=1.36)
+    x = torch.tensor([BLOODY, [0.1, 0.2, 20.0, 1.5, 0.85, 0.01]], dtype=torch.float64)
+    lam = torch.tensor([560.0, 700.0], dtype=torch.float64)
+    ours = sim.reflectance(x, lam, generator=torch.Generator().manual_seed(3))
+    tab_lam, eps_o, eps_d = load_hemoglobin_table()
+    rows = [int((tab_lam == v).nonzero()) for v in lam]  # table rows at 10 nm: no interpolation
+    so2, v_hb, a_mie, b_mie, g, d = (x[:, j, None] for j in range(6))
+    mu_a = (v_hb * (math.log(10) * C_HB / M_HB) * (so2 * eps_o[rows] + (1 - so2) * eps_d[rows])).clamp_min(MU_A_FLOOR)
+    mu_s = a_mie * (lam / 500.0) ** (-b_mie) / (1 - g)
+    d = (torch.full_like(d, math.inf) if base == "semi_infinite" else d).expand(-1, 2)
+    ref = photon_mc(mu_a.reshape(-1, 1), mu_s.reshape(-1, 1), g.expand(-1, 2).reshape(-1, 1), 1.36,
+                    d.reshape(-1, 1), photons=200, generator=torch.Generator().manual_seed(3), n_below=1.36)
+    torch.testing.assert_close(ours, ref.reflectance.reshape(2, 2))
+
+
+def test_monte_carlo_config_likelihood_and_errors():
+    sim = get_simulator("tissue_spectra", method="monte_carlo", photons=500, noise=0.02)
+    cfg = json.loads(json.dumps(sim.config()))
+    assert cfg["method"] == "monte_carlo" and cfg["photons"] == 500
+    assert get_simulator("tissue_spectra", **cfg).config() == sim.config()
+    assert "photons" not in get_simulator("tissue_spectra").config()  # diffusion configs are unchanged
+    assert get_simulator("tissue_spectra", method="monte_carlo").photons == 1000  # the documented default
+    with pytest.raises(NotImplementedError, match="monte_carlo"):
+        sim.log_likelihood(torch.full((8,), 0.125), typical())
+    with pytest.raises(ValueError, match="sO2"):
+        sim.simulate(torch.tensor([[1.5] + BLOODY[1:]]))
+
+
+@pytest.mark.slow
+def test_monte_carlo_and_diffusion_agree_where_diffusion_holds():
+    """Red bands of a typical tissue (transport albedo > 0.99): the normalised 660/700 nm intensities of the two
+    modes agree within 5 %; in the green, where blood absorbs, diffusion overestimates the reflectance."""
+    mc = get_simulator("tissue_spectra", method="monte_carlo", photons=2000, noise=0.0)
+    dif = get_simulator("tissue_spectra", noise=0.0)
+    x = typical()
+    r_mc = mc.reflectance(x, torch.tensor([560.0, 660.0, 700.0]), generator=torch.Generator().manual_seed(4))[0]
+    r_dif = dif.reflectance(x, torch.tensor([560.0, 660.0, 700.0]))[0]
+    assert abs(float(r_mc[2] / r_mc[1]) / float(r_dif[2] / r_dif[1]) - 1) < 0.05
+    assert ((r_dif[1:] / r_mc[1:] - 1).abs() < 0.12).all()
+    assert float(r_dif[0] / r_mc[0]) > float(r_dif[2] / r_mc[2])
