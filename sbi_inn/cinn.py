@@ -30,10 +30,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbi_inn.flows import ACTIVATIONS, CouplingFlow, FlowConfig
+from sbi_inn.flows import ACTIVATIONS, CouplingFlow, FlowConfig, rq_spline
 from sbi_inn.summary import DeepSetSummary, MLPSummary, mlp
 from sbi_inn.transforms import Standardize, SupportTransform, standard_normal_log_prob
 
@@ -42,65 +41,6 @@ DEFAULT_SUMMARY_DIM = 32
 
 
 # -- exact 1-D conditional flow ---------------------------------------------------------------------------------
-def rq_spline(x: Tensor, w_raw: Tensor, h_raw: Tensor, d_raw: Tensor, bound: float, *, inverse: bool = False,
-              min_bin: float = 1e-3, min_deriv: float = 1e-3) -> tuple[Tensor, Tensor]:
-    """Monotone rational-quadratic spline on ``[-bound, bound]``, identity outside (Durkan et al. 2019).
-
-    Args:
-        x: inputs ``(n,)``.
-        w_raw, h_raw: unnormalised bin widths and heights ``(n, K)``.
-        d_raw: unconstrained derivatives at the ``K - 1`` inner knots ``(n, K - 1)``; zeros give derivative 1.
-        inverse: evaluate the inverse map.
-
-    Returns:
-        ``(out (n,), log|d out / d x| (n,))``.
-    """
-    K = w_raw.shape[-1]
-    widths = (min_bin + (1 - min_bin * K) * torch.softmax(w_raw, -1)) * 2 * bound
-    heights = (min_bin + (1 - min_bin * K) * torch.softmax(h_raw, -1)) * 2 * bound
-    shift = math.log(math.expm1(1 - min_deriv))  # softplus(0 + shift) + min_deriv == 1
-    inner = min_deriv + F.softplus(d_raw + shift)
-    ones = torch.ones_like(inner[..., :1])
-    derivs = torch.cat([ones, inner, ones], -1)  # (n, K + 1), 1 at the ends to match the identity tails
-    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound
-    yk = F.pad(torch.cumsum(heights, -1), (1, 0)) - bound
-    xk[..., -1], yk[..., -1] = bound, bound
-
-    inside = (x > -bound) & (x < bound)
-    xin = x.clamp(-bound, bound)
-    knots = yk if inverse else xk
-    idx = (torch.searchsorted(knots[..., 1:-1].contiguous(), xin[..., None]).squeeze(-1)).clamp(0, K - 1)
-
-    def pick(t: Tensor) -> Tensor:
-        return t.gather(-1, idx[..., None]).squeeze(-1)
-
-    x0, y0, w, h = pick(xk), pick(yk), pick(widths), pick(heights)
-    d0, d1 = pick(derivs[..., :-1]), pick(derivs[..., 1:])
-    s = h / w
-    if not inverse:
-        xi = ((xin - x0) / w).clamp(0, 1)
-        t = xi * (1 - xi)
-        denom = s + (d1 + d0 - 2 * s) * t
-        out = y0 + h * (s * xi**2 + d0 * t) / denom
-        dxi = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
-        logdet = torch.log(dxi)
-    else:
-        dy = xin - y0
-        a = h * (s - d0) + dy * (d1 + d0 - 2 * s)
-        b = h * d0 - dy * (d1 + d0 - 2 * s)
-        c = -s * dy
-        disc = (b**2 - 4 * a * c).clamp_min(0)
-        xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
-        out = x0 + xi * w
-        t = xi * (1 - xi)
-        denom = s + (d1 + d0 - 2 * s) * t
-        dxi = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
-        logdet = -torch.log(dxi)
-    out = torch.where(inside, out, x)
-    logdet = torch.where(inside, logdet, torch.zeros_like(logdet))
-    return out, logdet
-
-
 class ConditionalSpline1d(nn.Module):
     """Exact conditional flow ``R -> R`` for one-dimensional parameters, with the :class:`CouplingFlow` contract.
 

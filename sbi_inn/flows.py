@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import FrEIA.framework as Ff
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from sbi_inn.checks import check_types
 
+COUPLINGS = ("affine", "spline")
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 # the same nonlinearities as functions, for the conditional subnets; the in-place forms (used when no gradient is
 # recorded) save one allocation per activation when sampling (measured: benchmarks/results/design_notes.md)
@@ -67,6 +69,10 @@ class FlowConfig:
         mixing: ``"orthogonal"`` (fixed random rotation, thesis sec. 3.5) or ``"permute"``.
         dropout: dropout probability inside subnets (0 disables).
         seed: seed of the fixed random mixing matrices.
+        coupling: ``"affine"`` (GLOW-style affine coupling, thesis sec. 3.2) or ``"spline"`` (monotone
+            rational-quadratic spline coupling, Durkan et al. 2019; conditional flows only).
+        bins, tail_bound: the spline's number of bins and its interval ``[-tail_bound, tail_bound]`` in the
+            standardised space, the identity outside (``coupling="spline"`` only).
     """
 
     num_blocks: int = 6
@@ -77,6 +83,9 @@ class FlowConfig:
     mixing: str = "orthogonal"
     dropout: float = 0.0
     seed: int = 0
+    coupling: str = "affine"
+    bins: int = 8
+    tail_bound: float = 4.0
 
     def __post_init__(self):
         check_types(self)  # a JSON value of the wrong type is named here
@@ -90,6 +99,10 @@ class FlowConfig:
             raise ValueError(f"FlowConfig: mixing must be 'orthogonal' or 'permute', got {self.mixing!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"FlowConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"FlowConfig: coupling must be one of {COUPLINGS}, got {self.coupling!r}")
+        if self.bins < 2 or not self.tail_bound > 0:
+            raise ValueError(f"FlowConfig: bins must be >= 2 and tail_bound > 0, got {self.bins}, {self.tail_bound}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,6 +234,115 @@ class ConditionalAffineCoupling(Fm.InvertibleModule):
         return input_dims
 
 
+# -- rational-quadratic spline coupling ----------------------------------------------------------------------------
+def rq_spline(x: Tensor, w_raw: Tensor, h_raw: Tensor, d_raw: Tensor, bound: float, *, inverse: bool = False,
+              min_bin: float = 1e-3, min_deriv: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Monotone rational-quadratic spline on ``[-bound, bound]``, identity outside (Durkan et al. 2019).
+
+    Args:
+        x: inputs ``(n,)``.
+        w_raw, h_raw: unnormalised bin widths and heights ``(n, K)``.
+        d_raw: unconstrained derivatives at the ``K - 1`` inner knots ``(n, K - 1)``; zeros give derivative 1.
+        inverse: evaluate the inverse map.
+
+    Returns:
+        ``(out (n,), log|d out / d x| (n,))``.
+    """
+    K = w_raw.shape[-1]
+    widths = (min_bin + (1 - min_bin * K) * torch.softmax(w_raw, -1)) * 2 * bound
+    heights = (min_bin + (1 - min_bin * K) * torch.softmax(h_raw, -1)) * 2 * bound
+    shift = math.log(math.expm1(1 - min_deriv))  # softplus(0 + shift) + min_deriv == 1
+    inner = min_deriv + F.softplus(d_raw + shift)
+    ones = torch.ones_like(inner[..., :1])
+    derivs = torch.cat([ones, inner, ones], -1)  # (n, K + 1), 1 at the ends to match the identity tails
+    xk = F.pad(torch.cumsum(widths, -1), (1, 0)) - bound
+    yk = F.pad(torch.cumsum(heights, -1), (1, 0)) - bound
+    xk[..., -1], yk[..., -1] = bound, bound
+
+    inside = (x > -bound) & (x < bound)
+    xin = x.clamp(-bound, bound)
+    knots = yk if inverse else xk
+    idx = (torch.searchsorted(knots[..., 1:-1].contiguous(), xin[..., None]).squeeze(-1)).clamp(0, K - 1)
+
+    def pick(t: Tensor) -> Tensor:
+        return t.gather(-1, idx[..., None]).squeeze(-1)
+
+    x0, y0, w, h = pick(xk), pick(yk), pick(widths), pick(heights)
+    d0, d1 = pick(derivs[..., :-1]), pick(derivs[..., 1:])
+    s = h / w
+    if not inverse:
+        xi = ((xin - x0) / w).clamp(0, 1)
+        t = xi * (1 - xi)
+        denom = s + (d1 + d0 - 2 * s) * t
+        out = y0 + h * (s * xi**2 + d0 * t) / denom
+        dxi = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
+        logdet = torch.log(dxi)
+    else:
+        dy = xin - y0
+        a = h * (s - d0) + dy * (d1 + d0 - 2 * s)
+        b = h * d0 - dy * (d1 + d0 - 2 * s)
+        c = -s * dy
+        disc = (b**2 - 4 * a * c).clamp_min(0)
+        xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+        out = x0 + xi * w
+        t = xi * (1 - xi)
+        denom = s + (d1 + d0 - 2 * s) * t
+        dxi = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / denom**2
+        logdet = -torch.log(dxi)
+    out = torch.where(inside, out, x)
+    logdet = torch.where(inside, logdet, torch.zeros_like(logdet))
+    return out, logdet
+
+
+class ConditionalSplineCoupling(Fm.InvertibleModule):
+    """Conditional rational-quadratic spline coupling block (neural spline flow, Durkan et al. 2019, sec. 3), a FrEIA
+    module with the layout and condition handling of :class:`ConditionalAffineCoupling`.
+
+    ``x = [x1, x2]``: ``v2 = RQS(x2; theta1(x1, c))``, then ``v1 = RQS(x1; theta2(v2, c))``: each coordinate goes
+    through its own monotone spline of ``config.bins`` bins on ``[-tail_bound, tail_bound]`` (widths, heights and
+    ``bins - 1`` inner derivatives, ``3 bins - 1`` numbers per coordinate from the subnet), the identity outside,
+    so the map and its derivative are continuous everywhere (linear tails of slope 1). A spline can bend, fold mass
+    into several modes and stretch by a different factor in each bin, where an affine coupling only shifts and
+    scales. The subnets' last layers start at zero, which gives uniform bins and unit derivatives: the identity.
+    """
+
+    def __init__(self, dims_in, dims_c=None, config: FlowConfig = FlowConfig()):
+        super().__init__(dims_in, dims_c)
+        if not dims_c:
+            raise ValueError("ConditionalSplineCoupling: needs a condition (dims_c)")
+        dim, cond_dim = dims_in[0][0], dims_c[0][0]
+        self.d1, self.d2 = dim // 2, dim - dim // 2
+        self.bins, self.bound = config.bins, config.tail_bound
+        per = 3 * config.bins - 1
+        self.net1 = ConditionalSubnet(self.d1, cond_dim, per * self.d2, config)  # x1 -> spline of x2
+        self.net2 = ConditionalSubnet(self.d2, cond_dim, per * self.d1, config)  # v2 -> spline of x1
+
+    def _spline(self, net: ConditionalSubnet, u: Tensor, hc: Tensor, v: Tensor, inverse: bool):
+        K = self.bins
+        p = net(u, hc).view(u.shape[0], v.shape[1], 3 * K - 1)
+        out, logdet = rq_spline(v, p[..., :K], p[..., K:2 * K], p[..., 2 * K:], self.bound, inverse=inverse)
+        return out, logdet.sum(1)
+
+    def forward(self, x_or_z, c=None, rev: bool = False, jac: bool = True):
+        x, cond = x_or_z[0], c[0]
+        N, B = x.shape[0], cond.shape[0]
+        if N % B != 0:
+            raise ValueError(f"ConditionalSplineCoupling: {N} input rows cannot be split among {B} conditions")
+        hc1, hc2 = self.net1.project(cond), self.net2.project(cond)
+        u1, u2 = x[:, : self.d1], x[:, self.d1 :]
+        if not rev:
+            v2, ld1 = self._spline(self.net1, u1, hc1, u2, False)
+            v1, ld2 = self._spline(self.net2, v2, hc2, u1, False)
+        else:
+            v1, ld2 = self._spline(self.net2, u2, hc2, u1, True)
+            v2, ld1 = self._spline(self.net1, v1, hc1, u2, True)
+        log_det = ld1 + ld2 if jac else torch.zeros((), dtype=x.dtype, device=x.device)
+        return (torch.cat([v1, v2], 1),), log_det
+
+    def output_dims(self, input_dims):
+        return input_dims
+
+
 def random_orthogonal(dim: int, generator: torch.Generator) -> Tensor:
     """A Haar-random orthogonal matrix ``(dim, dim)`` (QR of a Gaussian matrix with sign correction)."""
     q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
@@ -250,7 +372,11 @@ class CouplingFlow(nn.Module):
         self.inn = Ff.SequenceINN(dim)
         for _ in range(config.num_blocks):
             if cond_dim > 0:
-                self.inn.append(ConditionalAffineCoupling, cond=0, cond_shape=(cond_dim,), config=config)
+                block = ConditionalSplineCoupling if config.coupling == "spline" else ConditionalAffineCoupling
+                self.inn.append(block, cond=0, cond_shape=(cond_dim,), config=config)
+            elif config.coupling != "affine":
+                raise ValueError("CouplingFlow: coupling='spline' is for conditional flows (the cINN); the "
+                                 "bidirectional INN uses affine couplings")
             else:
                 self.inn.append(Fm.GLOWCouplingBlock, subnet_constructor=_subnet_constructor(config),
                                 clamp=config.clamp, clamp_activation=_SoftClamp(config.clamp))
