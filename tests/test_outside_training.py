@@ -121,3 +121,18 @@ def test_uniform_independent_prior_box_is_also_covered():
     with pytest.warns(OutsideTrainingWarning):
         s = post.sample((500,), torch.tensor([30.0, -30.0]), seed=0)
     assert ((s > 0) & (s < 1)).all()
+
+
+def test_a_posterior_piled_against_an_edge_stays_inside_with_finite_densities():
+    """y = x + noise(0.1) on [0, 1]^2, observed at the corner (1, 0): the posterior (a normal truncated at the
+    corner, 68 % of its mass within 0.1 of each edge) piles against two edges. Every sample lies strictly inside the
+    box and has a finite log density (issue 15: tails and support)."""
+    prior = BoxUniform(torch.zeros(2), torch.ones(2))
+    post = fit_posterior(_linear, prior, num_simulations=3000, seed=0, show_progress=False,
+                         config={"flow": {"num_blocks": 3, "hidden": 32}, "train": {"epochs": 40, "patience": None}})
+    y = torch.tensor([1.0, 0.0])
+    samples = post.sample((20_000,), y, seed=0)
+    assert ((samples > 0) & (samples < 1)).all()
+    assert (samples[:, 0] > 0.9).float().mean() > 0.5 and (samples[:, 1] < 0.1).float().mean() > 0.5  # piled up
+    logp = post.log_prob(samples, y)
+    assert torch.isfinite(logp).all()
