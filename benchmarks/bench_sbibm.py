@@ -677,7 +677,8 @@ def main(argv=None) -> int:
             for f in ("sbibm_tasks.py", "bench_sbibm.py"):
                 shutil.copy2(ROOT / "benchmarks" / f, snap / "benchmarks" / f)
             argv = sys.argv[1:] if argv is None else list(argv)
-            return subprocess.run([sys.executable, str(snap / "benchmarks" / "bench_sbibm.py"), *argv],
+            # this file runs again (results go under ROOT) but imports everything from the snapshot
+            return subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv],
                                   env={**os.environ, SRC_ENV: str(snap)}).returncode
         finally:
             shutil.rmtree(snap, ignore_errors=True)
