@@ -89,7 +89,7 @@ class PhotonMCResult:
         specular: specular reflectance ``R_sp`` at entry (exact, not sampled).
         unfinished: weight still carried by photons alive after ``max_steps`` (zero when every photon finished).
         alive: number of those photons (int64).
-        photons: photons launched per tissue.
+        photons: photons launched per stack, as given (an integer, or a tensor of shape ``(T,)``).
         steps: loop iterations run (at least the most steps any photon took).
         photon_steps: photon steps computed in all, the measure of the cost (finished photons waiting to be
             dropped from the arrays included).
@@ -103,7 +103,7 @@ class PhotonMCResult:
     specular: Tensor
     unfinished: Tensor
     alive: Tensor
-    photons: int
+    photons: int | Tensor
     steps: int
     photon_steps: int
 
@@ -127,14 +127,23 @@ def fresnel(n_i: Tensor, n_t: Tensor, cos_i: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(n_i == n_t, torch.zeros_like(r), r), torch.where(n_i == n_t, cos_i, cos_t)
 
 
+def hg_coefficients(g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(a, b, c, e)`` with ``cos(theta) = a - b / (c + e xi)^2`` the Henyey-Greenstein inverse distribution function
+    (MCML eq. 3.28 rearranged: ``a = (1 + g^2) / 2g``, ``b = (1 - g^2)^2 / 2g``, ``c = 1 - g``, ``e = 2g``); where
+    ``|g| < ISOTROPIC_G`` finite stand-ins, since :func:`sample_hg` scatters isotropically there."""
+    iso = g.abs() < ISOTROPIC_G
+    gs = torch.where(iso, torch.ones_like(g), g)
+    return (1 + gs * gs) / (2 * gs), (1 - gs * gs) ** 2 / (2 * gs), 1 - gs, 2 * gs
+
+
 def sample_hg(g: Tensor, xi: Tensor) -> Tensor:
     """``cos(theta)`` of the Henyey-Greenstein phase function with anisotropy ``g`` from uniforms ``xi`` in
-    ``[0, 1)`` (inverse distribution function; isotropic where ``|g| < 1e-4``)."""
-    small = g.abs() < 1e-4
-    gs = torch.where(small, torch.ones_like(g), g)
-    tmp = (1 - gs * gs) / (1 - gs + 2 * gs * xi)
-    cos = (1 + gs * gs - tmp * tmp) / (2 * gs)
-    return torch.where(small, 2 * xi - 1, cos).clamp(-1, 1)
+    ``[0, 1)`` (inverse distribution function; isotropic, ``2 xi - 1``, where ``|g| < ISOTROPIC_G``, below which the
+    formula loses its precision). :func:`photon_mc` computes the same from tabulated :func:`hg_coefficients`."""
+    a, b, c, e = hg_coefficients(g)
+    den = c + e * xi
+    cos = (a - b / (den * den)).clamp(-1, 1)
+    return torch.where(g.abs() < ISOTROPIC_G, 2 * xi - 1, cos)
 
 
 def _as_table(name: str, value, device) -> Tensor:
@@ -150,7 +159,7 @@ def _check(name: str, ok: Tensor, rule: str, values: Tensor) -> None:
         raise ValueError(f"photon_mc: {name} must be {rule}, got {float(bad):g}")
 
 
-def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator | None = None,
+def photon_mc(mu_a, mu_s, g, n, d, *, photons: int | Tensor, generator: torch.Generator | None = None,
               n_above: float | Tensor = 1.0, n_below: float | Tensor = 1.0, max_steps: int = MAX_STEPS,
               in_flight: int = IN_FLIGHT, dtype: torch.dtype = torch.float32, warn: bool = True) -> PhotonMCResult:
     """Diffuse reflectance and total transmittance of layer stacks by photon Monte Carlo (MCML rules, see module).
@@ -162,7 +171,7 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
         n: refractive indices of the layers, ``>= 1``.
         d: thicknesses in cm, ``> 0``; the deepest may be ``inf`` (a semi-infinite last layer, which then needs
             ``mu_a + mu_s > 0``), the others finite.
-        photons: photon packets per stack.
+        photons: photon packets per stack, one integer or one per stack (shape ``(T,)``).
         generator: the only source of randomness (on the device of the inputs); a fresh, randomly seeded one when
             ``None``.
         n_above, n_below: refractive indices of the ambient media above and below (``>= 1``; one number or one per
@@ -193,12 +202,22 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
     if N == 0:
         raise ValueError("photon_mc: need at least one layer")
     mu_a, mu_s, g, n, d = (t.expand(shape) for t in args.values())
-    if isinstance(photons, bool) or not isinstance(photons, int) or photons < 1:
-        raise ValueError(f"photon_mc: photons must be a positive integer, got {photons!r}")
+    if isinstance(photons, int) and not isinstance(photons, bool):
+        counts = torch.full((T,), photons, dtype=torch.int64, device=device)
+    else:
+        counts = torch.as_tensor(photons, device=device)
+        if counts.is_floating_point() or counts.dtype == torch.bool or counts.shape not in ((T,), (1,)):
+            raise ValueError(f"photon_mc: photons must be a positive integer or {T} of them (one per stack), got "
+                             f"{photons!r}")
+        counts = counts.to(torch.int64).expand(T)
+    if not bool((counts >= 1).all()):
+        raise ValueError(f"photon_mc: photons must be positive integers, got {int(counts.min())}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"photon_mc: max_steps must be a positive integer, got {max_steps!r}")
     if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
         raise ValueError(f"photon_mc: in_flight must be a positive integer, got {in_flight!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"photon_mc: dtype must be torch.float32 or torch.float64, got {dtype}")
     if generator is None:
         generator = torch.Generator(device=device)
         generator.seed()
@@ -230,13 +249,10 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
     tab = {
         "mu_t": mu_t.clamp_min(CLEAR),
         "absorb": absorb,
-        # Henyey-Greenstein inverse CDF as cos = a - b / (c + e xi)^2 (isotropic cells handled separately)
-        "hg_a": (1 + g * g) / (2 * g), "hg_b": (1 - g * g) ** 2 / (2 * g), "hg_c": 1 - g, "hg_e": 2 * g,
+        **dict(zip(("hg_a", "hg_b", "hg_c", "hg_e"), hg_coefficients(g))),
         "iso": (g.abs() < ISOTROPIC_G).to(torch.float64),
     }
     isotropic = bool(tab["iso"].any())
-    for k in ("hg_a", "hg_b", "hg_c", "hg_e"):
-        tab[k] = torch.where(tab["iso"] > 0, torch.ones_like(g), tab[k])  # finite stand-ins, replaced below
     tab = {k: v.to(dtype).reshape(-1) for k, v in tab.items()}
     bounds = torch.cat([torch.zeros(T, 1, dtype=torch.float64, device=device), d.cumsum(1)], 1)  # (T, N + 1)
     bound_tab = bounds.clamp_max(FAR).to(dtype).reshape(-1)
@@ -246,7 +262,8 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
 
     # photon state. Photons are launched stack after stack as others finish, so at most `in_flight` travel at
     # once; one that left or lost the roulette has w = 0 (inert) until the arrays are compacted.
-    total = T * photons
+    ends = counts.cumsum(0)
+    total = int(ends[-1])
     in_flight = min(int(in_flight), total)
     itype = torch.int32 if max(total, T * (N + 2), max_steps + total) < 2**31 else torch.int64
     w0 = (1 - specular).to(dtype)
@@ -279,7 +296,7 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
             state = {k: v.index_select(0, keep) for k, v in state.items()}
             new = min(in_flight - n_live, total - launched)
             if new > 0:
-                tid_new = torch.arange(launched, launched + new, device=device).div_(photons, rounding_mode="floor")
+                tid_new = torch.searchsorted(ends, torch.arange(launched, launched + new, device=device), right=True)
                 u0 = torch.rand(new, generator=generator, dtype=dtype, device=device)
                 fresh = {"tid": tid_new.to(itype), "born": torch.full((new,), steps, dtype=itype, device=device),
                          "layer": torch.zeros(new, dtype=itype, device=device),
@@ -324,11 +341,8 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
                 da.index_fill_(0, h, 0)
                 nb = n_base[h] + layer_h
                 n_i, n_t = n_tab.index_select(0, nb), n_tab.index_select(0, nb + 2 * down - 1)
-                ci = uz_h.abs()
-                cos_r = torch.sqrt((1 - (n_i / n_t) ** 2 * (1 - ci * ci)).clamp_min_(0))  # 0 past the critical angle
-                a1, a2, b1, b2 = n_i * ci, n_t * cos_r, n_i * cos_r, n_t * ci
-                rs, rp = (a1 - a2) / (a1 + a2), (b1 - b2) / (b1 + b2)  # rs = 1, rp = -1: R = 1 (total reflection)
-                cross = u[1][h] >= 0.5 * (rs * rs + rp * rp)
+                refl, cos_r = fresnel(n_i, n_t, uz_h.abs())
+                cross = u[1][h] >= refl
                 uz_new.index_copy_(0, h, torch.where(cross, torch.copysign(cos_r, uz_h), -uz_h))
                 layer_h = layer_h + cross.to(itype) * (2 * down - 1)
                 # -- photons leaving the stack through the top (R_d) or the bottom (T_t)
@@ -347,7 +361,7 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
         state.update(layer=layer, z=z, uz=uz, w=w, tau=tau)
 
     alive = sums[6].round().long()
-    unfinished = sums[5] / photons
+    unfinished = sums[5] / counts
     n_alive = int(alive.sum())
     if warn and n_alive > 0:
         warnings.warn(f"photon_mc: {n_alive} photons still alive after max_steps={max_steps} carry "
@@ -355,14 +369,12 @@ def photon_mc(mu_a, mu_s, g, n, d, *, photons: int, generator: torch.Generator |
                       "short by at most that much. Raise max_steps.", RuntimeWarning, stacklevel=2)
 
     def mean_se(s1: Tensor, s2: Tensor) -> tuple[Tensor, Tensor]:
-        mean = s1 / photons
-        if photons < 2:
-            return mean, torch.full_like(mean, math.nan)
-        var = ((s2 - s1 * mean) / (photons - 1)).clamp_min(0)
-        return mean, (var / photons).sqrt()
+        mean = s1 / counts
+        var = ((s2 - s1 * mean) / (counts - 1)).clamp_min(0)  # nan for a single photon
+        return mean, (var / counts).sqrt()
 
     rd, rd_se = mean_se(sums[0], sums[1])
     tt, tt_se = mean_se(sums[2], sums[3])
     return PhotonMCResult(reflectance=rd, reflectance_se=rd_se, transmittance=tt, transmittance_se=tt_se,
-                          absorbed=sums[4] / photons, specular=specular, unfinished=unfinished, alive=alive,
+                          absorbed=sums[4] / counts, specular=specular, unfinished=unfinished, alive=alive,
                           photons=photons, steps=steps, photon_steps=work)

@@ -57,28 +57,31 @@ the specular reflex (assumed removed, e.g. by cross-polarisation) and lateral st
 Photon transport (``method="monte_carlo"``): the same optical properties (``mu_s = mu_s' / (1 - g)``, the same
 absorption floor), traced by the photon Monte Carlo of :mod:`simulators.photon_mc` (MCML rules: Henyey-Greenstein
 scattering with the full anisotropy ``g``, implicit absorption, Fresnel reflection and refraction at the tissue-air
-surface of index ``refractive_index``, the layers index-matched to each other, Russian roulette), one run of
-``photons`` packets (default ``DEFAULT_PHOTONS = 1000``) per row and grid wavelength. ``base="semi_infinite"``
-makes the deepest layer semi-infinite; ``base="ambient"`` ends the stack on an index-matched medium that keeps all
-light leaving through the bottom. The reflectance is the diffuse reflectance (specular reflex excluded, as above).
-It is exact transport theory where diffusion is not (low albedo, thin layers; diffusion overestimates the
-reflectance there, by ~5-10 % even at transport albedo 0.99 with ``g = 0.9``, see
-``tests/simulators/test_photon_mc.py``), but stochastic:
+surface of index ``refractive_index``, the layers index-matched to each other, Russian roulette), one run per row
+and grid wavelength. ``base="semi_infinite"`` makes the deepest layer semi-infinite; ``base="ambient"`` ends the
+stack on an index-matched medium that keeps all light leaving through the bottom. The reflectance is the diffuse
+reflectance (specular reflex excluded, as above). It is exact transport theory where diffusion is not (low albedo,
+thin layers; diffusion overestimates the reflectance there, and by ~5-10 % even at transport albedo 0.99 with
+``g = 0.9``, see ``tests/simulators/test_photon_mc.py``), but stochastic:
 
-* its noise is part of the simulation. With 1000 photons per wavelength the Monte Carlo error of a normalised band
-  (after the camera averages ~10 grid wavelengths) is measured at 0.4-3.8 % relative (about 1 % in the red, the
-  most in the 560/580 nm bands where blood absorbs; ``benchmarks/results/photon_mc.json``), below the default
-  camera noise of 5 %; it falls as ``1 / sqrt(photons)``. ``noise=0`` therefore does not make this mode
-  deterministic. All of it is drawn from the ``generator`` given to :meth:`simulate` (or to :meth:`reflectance` and
-  :meth:`band_intensities`): a seed reproduces a simulation exactly.
-* a photon is traced for at most ``MC_MAX_STEPS = 20 000`` interactions; the weight still travelling then is lost,
-  so the reflectance is biased low by that much: below 0.3 % of the reflectance for ``v_hb > 0.015``, up to a few
-  percent in nearly bloodless tissue (``v_hb`` -> 0, a ~5 % corner of the prior) at red wavelengths, where the
-  random walks in the nearly non-absorbing tissue are longest.
-* it is slow: the cost is the number of scattering events, ~500 per photon on average over the prior (up to
-  ~10 000 for weakly absorbed red light), so a spectrum of 57 wavelengths x 1000 photons takes seconds on one CPU
-  thread (``benchmarks/bench_photon_mc.py`` measures spectra per second); on a GPU (inputs and generator there)
-  the photons of many spectra run in parallel.
+* ``photons`` (default ``DEFAULT_PHOTONS = 1000``) packets are traced at the brightest wavelength of each spectrum;
+  a dimmer wavelength gets ``photons * min(16, R_max / R)`` of them (``R`` the diffusion estimate), which evens
+  the relative error across the spectrum at little cost, since strongly absorbed photons take few steps. The Monte
+  Carlo noise is part of the simulation: the measured relative error of a normalised band (the camera averages
+  ~10 grid wavelengths) is 0.8-3.7 % on average over prior draws, at most ~5.6 %, the most in the 470/480 nm and
+  560 nm bands (``benchmarks/results/photon_mc.json``), below the default camera noise of 5 % on average; it
+  falls as ``1 / sqrt(photons)``. ``noise=0`` therefore does not make this mode deterministic. All of it is drawn
+  from the ``generator`` given to :meth:`simulate` (or to :meth:`reflectance` and :meth:`band_intensities`): a
+  seed reproduces a simulation exactly (for the same batch of rows).
+* a photon is traced for at most ``MC_MAX_STEPS = 20 000`` steps; the weight still travelling then is lost, so the
+  reflectance is biased low by that much: at most 0.3 % of the reflectance over 16 prior draws (measured), more
+  (a few percent) in nearly bloodless tissue (``v_hb`` -> 0) at red wavelengths, where the random walks in the
+  nearly non-absorbing tissue are longest.
+* it is slow: the cost is the number of scattering events, ~40 million per spectrum over the prior (190 per
+  photon, 2e5 photons), ~5 s per spectrum on one loaded CPU thread (0.2 spectra/s, 8e6 photon steps/s measured
+  by ``benchmarks/bench_photon_mc.py``); the photons of all rows of a call are traced together (streamed, at most
+  2^20 at once), so large batches amortise the long tail of slow random walks, and on a GPU (inputs and generator
+  there) they run in parallel.
 * :meth:`log_likelihood` refuses (``NotImplementedError``): the distribution of the Monte Carlo noise has no closed
   form; use the diffusion mode for an exact likelihood.
 
@@ -162,7 +165,8 @@ M_HB = 64500.0  # g/mol, tetramer
 MU_A_FLOOR = 1e-4  # cm^-1, stands in for water / bloodless tissue
 CHUNK_ELEMENTS = 32768  # (layers x rows x wavelengths) per chunk: cache-sized, below torch's intra-op grain size
 METHODS = ("diffusion", "monte_carlo")
-DEFAULT_PHOTONS = 1000  # photon packets per wavelength in method="monte_carlo"
+DEFAULT_PHOTONS = 1000  # photon packets per wavelength in method="monte_carlo" (at the brightest wavelength)
+MC_BOOST = 16  # dimmer wavelengths get up to this many times more photons (see the module docstring)
 MC_MAX_STEPS = 20_000  # steps per photon before it is counted as unfinished (bias bound reported, see module)
 BASES = ("semi_infinite", "ambient")
 
@@ -270,8 +274,9 @@ class TissueSpectra(Simulator):
         noise: relative (log-normal) noise level ``sigma`` on the normalised intensities; ``0`` is noise free.
         method: photon transport model, ``"diffusion"`` (deterministic, fast) or ``"monte_carlo"`` (photon Monte
             Carlo, :mod:`simulators.photon_mc`; its noise is part of the simulation, see the module docstring).
-        photons: photon packets per wavelength for ``method="monte_carlo"`` (default ``DEFAULT_PHOTONS``); must
-            not be given with ``"diffusion"``.
+        photons: photon packets per wavelength for ``method="monte_carlo"`` (default ``DEFAULT_PHOTONS``), at the
+            brightest wavelength of each spectrum (dimmer ones get more, see the module docstring); must not be
+            given with ``"diffusion"``.
         base: ``"semi_infinite"`` (deepest layer continues downwards) or ``"ambient"`` (absorbing medium below).
         refractive_index: tissue refractive index for the surface boundary condition.
         illumination: ``None`` for a flat spectrum or ``[[wavelength_nm, power], ...]`` (linearly interpolated,
@@ -414,7 +419,12 @@ class TissueSpectra(Simulator):
 
     def _mc_reflectance(self, mu_a: Tensor, mu_sp: Tensor, g: Tensor, d: Tensor,
                         generator: torch.Generator | None) -> Tensor:
-        """Monte Carlo diffuse reflectance, shape ``(n, L)``: one layer stack per row and wavelength."""
+        """Monte Carlo diffuse reflectance, shape ``(n, L)``: one layer stack per row and wavelength, with
+        ``photons * min(MC_BOOST, R_max / R)`` photons where ``R`` is the diffusion estimate (``R_max`` the row's
+        brightest), so that the relative error is about even across the spectrum."""
+        pilot = diffuse_reflectance(mu_a, mu_sp, g, d, A=self.A, semi_infinite_base=self.base == "semi_infinite")
+        boost = (pilot.amax(-1, keepdim=True) / pilot.clamp_min(1e-12)).clamp(1, MC_BOOST)
+        counts = (self.photons * boost).round().to(torch.int64).reshape(-1)
         num, rows, num_lam = mu_a.shape
         mu_a = mu_a.clamp_min(MU_A_FLOOR)
         g = g.expand(num, rows, num_lam)
@@ -424,7 +434,7 @@ class TissueSpectra(Simulator):
             d = torch.cat([d[:-1], torch.full_like(d[-1:], math.inf)])
         stack = [t.permute(1, 2, 0).reshape(rows * num_lam, num) for t in (mu_a, mu_s, g, d)]
         res = photon_mc(*stack[:3], torch.full_like(stack[0], self.refractive_index), stack[3],
-                        photons=self.photons, generator=generator, n_above=1.0, n_below=self.refractive_index,
+                        photons=counts, generator=generator, n_above=1.0, n_below=self.refractive_index,
                         max_steps=MC_MAX_STEPS, warn=False)
         return res.reflectance.reshape(rows, num_lam)
 

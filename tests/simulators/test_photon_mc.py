@@ -147,6 +147,11 @@ def test_reproducible_under_seed_and_batch_shapes():
     # streaming a few photons at a time (in_flight) changes the random stream, not the statistics
     d = run(*args, photons=3000, seed=5, in_flight=700)
     assert (abs(d.reflectance - a.reflectance) < 5 * torch.hypot(a.reflectance_se, d.reflectance_se)).all()
+    # photons per stack
+    e = run(*args, photons=torch.tensor([3000, 500]), seed=5)
+    assert torch.equal(e.photons, torch.tensor([3000, 500]))
+    assert (abs(e.reflectance - a.reflectance) < 5 * torch.hypot(a.reflectance_se, e.reflectance_se)).all()
+    assert float(e.reflectance_se[1]) > 1.5 * float(a.reflectance_se[1])  # ~sqrt(6) x the error of 3000
     # the global RNG is neither used nor advanced
     state = torch.get_rng_state()
     run(*args, photons=100, seed=5)
@@ -204,6 +209,10 @@ def test_helpers_henyey_greenstein_and_fresnel():
     ({"mu_a": [0.0], "mu_s": [0.0], "d": [INF]}, "semi-infinite"),
     ({"mu_a": [1.0, 2.0, 3.0], "mu_s": [1.0, 2.0]}, "broadcast"),
     ({"photons": 0}, "photons"),
+    ({"photons": 2.5}, "photons"),
+    ({"photons": [10, 10]}, "photons"),
+    ({"photons": [0]}, "photons"),
+    ({"dtype": torch.int32}, "dtype"),
     ({"max_steps": 0}, "max_steps"),
     ({"in_flight": 0}, "in_flight"),
 ])
