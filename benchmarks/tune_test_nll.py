@@ -1,0 +1,97 @@
+"""Fast tuning proxy for the cINN's defaults: held-out negative log-likelihood on fresh simulations.
+
+For each task (the SBI-benchmark development tasks of ``sbibm_tasks.py`` and the package's own simulators) and each
+configuration variant, ``fit_posterior`` trains on ``n`` simulations (data seed = training seed) and is scored by
+``-mean log q(x | y)`` over 20 000 fresh pairs ``(x, y) ~ p(x) p(y | x)`` (data seed 999). This is the expected
+forward KL divergence from the true posterior to ``q`` up to a constant that does not depend on ``q`` (the expected
+posterior entropy), so lower is better on every task and differences are differences in expected KL, in nats. It
+needs no reference posterior and no classifier, so a variant costs one training run (C2ST, which needs reference
+samples and trains an MLP per observation, is what ``bench_sbibm.py`` reports; a variant worth keeping is then
+confirmed there). For ``gaussian_linear`` the optimum is known: the posterior entropy, ``5 log(2 pi e 0.05) =
+-0.789``.
+
+Usage::
+
+    python benchmarks/tune_test_nll.py TASKS VARIANTS [N] [SEEDS]
+    python benchmarks/tune_test_nll.py gaussian_linear_uniform,bernoulli_glm default,do0.1,do0.2 10000 0,1
+
+Prints one line per fit and a mean per (task, variant); the log of the runs behind ``design_notes.md`` is in
+``benchmarks/results/tune_test_nll.log``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sbibm_tasks import TASKS, get_task  # noqa: E402
+
+from sbi_inn import fit_posterior  # noqa: E402
+from simulators import get_simulator  # noqa: E402
+
+VARIANTS = {
+    "default": {},
+    "do0.1": {"flow": {"dropout": 0.1}},
+    "do0.2": {"flow": {"dropout": 0.2}},
+    "do0.1_bs512": {"flow": {"dropout": 0.1}, "train": {"batch_size": 512}},
+    "do0.1_lr5e-4": {"flow": {"dropout": 0.1}, "train": {"lr": 5e-4}},
+    "do0.1_wd1e-4": {"flow": {"dropout": 0.1}, "train": {"weight_decay": 1e-4}},
+    "wd1e-4": {"train": {"weight_decay": 1e-4}},
+    "lr5e-4": {"train": {"lr": 5e-4}},
+    "bs512": {"train": {"batch_size": 512}},
+    "h128_do0.1": {"flow": {"hidden": 128, "dropout": 0.1}},
+    "2layers": {"flow": {"num_layers": 2}},
+    "spline": {"flow": {"coupling": "spline"}},
+    "spline_do0.1": {"flow": {"coupling": "spline", "dropout": 0.1}},
+}
+OWN = {"gaussian_mixture": {}, "inverse_kinematics": {"noise": 0.01}, "tissue_spectra": {}, "gaussian_sets": {}}
+
+
+def simulations(name: str, n: int, generator: torch.Generator):
+    """``(prior, x, y, sizes or None)``: ``n`` prior draws and their simulations, rows with NaN/inf dropped."""
+    if name in TASKS:
+        task = get_task(name)
+        prior, x = task.prior, task.sample_prior(n, generator)
+        y, sizes = task.simulate(x, generator=generator), None
+    else:
+        sim = get_simulator(name, **OWN[name])
+        prior, x = sim.prior, sim.sample_prior(n, generator=generator)
+        out = sim.simulate(x, generator=generator)
+        y, sizes = out if isinstance(out, tuple) else (out, None)
+    ok = torch.isfinite(y.reshape(len(y), -1)).all(1)
+    return prior, x[ok], y[ok], None if sizes is None else sizes[ok]
+
+
+def main(argv: list[str]) -> None:
+    tasks, names = argv[0].split(","), argv[1].split(",")
+    n = int(argv[2]) if len(argv) > 2 else 10_000
+    seeds = [int(s) for s in (argv[3] if len(argv) > 3 else "0,1").split(",")]
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # OutsideTrainingWarning for the few test pairs beyond the training range
+    for task in tasks:
+        _, xt, yt, st = simulations(task, 20_000, torch.Generator().manual_seed(999))
+        for name in names:
+            values = []
+            for seed in seeds:
+                prior, x, y, s = simulations(task, n, torch.Generator().manual_seed(seed))
+                t0 = time.time()
+                post = fit_posterior(data=(x, y) if s is None else (x, y, s), prior=prior, seed=seed,
+                                     config=VARIANTS[name], show_progress=False)
+                seconds = time.time() - t0
+                with torch.no_grad():
+                    nll = -post.log_prob(xt, yt, sizes=st).mean().item()
+                values.append(nll)
+                print(f"{task:24s} n={n:<6d} {name:14s} seed {seed}: test NLL {nll:8.4f}  train {seconds:5.0f}s  "
+                      f"epochs {post.metadata['epochs_run']}", flush=True)
+            print(f"{task:24s} n={n:<6d} {name:14s} MEAN {sum(values) / len(values):8.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
