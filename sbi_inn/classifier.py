@@ -87,9 +87,13 @@ FORMAT_VERSION = 1
 CHUNK_ROWS = 2**12  # rows per forward pass when predicting, scoring or sampling (bounds memory like sample_batched)
 REFERENCE_MAX_ROWS = 10_000  # in-distribution L_X values kept for the OoD tests
 OOD_METHODS = ("typicality", "quantile")
-# beta = DEFAULT_GAMMA * dim(X) when ClassifierConfig.beta is None: chosen by studies/ib_inn_beta.py (the beta sweep on
-# the Gaussian-mixture simulator and the 8x8 digits; studies/results/ib_inn_beta/)
-DEFAULT_GAMMA = 1.0
+# beta = DEFAULT_GAMMA * dim(X) when ClassifierConfig.beta is None, chosen by the sweep of studies/ib_inn_beta.py
+# (studies/results/ib_inn_beta/results.md, 3 seeds, label smoothing 0.05): gamma = 64 is the selected value on the
+# Gaussian mixture (accuracy 96.8 % vs feed-forward 96.9 %, ECE 2.9 % vs 3.3 %, OoD AUROC 73 % vs 43 %), on the digits
+# it keeps the feed-forward accuracy (98.7 %) and ECE (1.9 %) with OoD AUROC 89 % vs 63 %, and on the tissue spectra
+# it lies between the selected gamma = 32 and gamma = 128 (ECE 1.4-1.5 %). Smaller gamma gives better OoD detection
+# and bits/dim at lower accuracy (the paper chose gamma = 1 on CIFAR-10 and 0.1 on CIFAR-100, thesis 5.3.3).
+DEFAULT_GAMMA = 64.0
 
 DEFAULT_CLASSIFIER_FLOW = FlowConfig(num_blocks=6, hidden=128, num_layers=2)
 DEFAULT_CLASSIFIER_TRAIN = TrainConfig(epochs=100, batch_size=None, lr=1e-3, lr_final=1e-5, patience=20)

@@ -81,8 +81,9 @@ def _probs(probs, name: str = "probs") -> Tensor:
     p = as_tensor(probs, name, (2,), "(N, C)").to(torch.float64)
     if p.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 classes (columns), got shape {tuple(p.shape)}")
-    if (p < 0).any() or (p > 1).any():
+    if (p < -1e-6).any() or (p > 1 + 1e-6).any():  # float32 softmax outputs may exceed 1 by a rounding error
         raise ValueError(f"{name} must lie in [0, 1], got min {p.min().item():.4g}, max {p.max().item():.4g}")
+    p = p.clamp(0, 1)
     sums = p.sum(1)
     if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
         worst = int((sums - 1).abs().argmax())

@@ -67,6 +67,12 @@ def test_edges_of_the_unit_interval_and_custom_bins():
         cl.reliability_diagram(probs, [0, 1], edges=[0.0, 0.6, 0.5, 1.0])
 
 
+def test_rounding_above_one_is_accepted():
+    """float32 softmax outputs can exceed 1 by a rounding error; they are clamped, not refused."""
+    probs = torch.tensor([[1.0000001, 0.0]], dtype=torch.float32).double()
+    assert cl.reliability_diagram(probs, [0])["counts"][-1] == 1
+
+
 def test_overconfidence_error():
     probs = np.array([[0.998, 0.001, 0.001]] * 994 + [[0.001, 0.998, 0.001]] * 6 + [[0.5, 0.3, 0.2]] * 10)
     labels = np.array([0] * 994 + [0] * 6 + [2] * 10)  # 6 of the 1000 confident predictions wrong: 0.6 %
