@@ -256,6 +256,9 @@ def worker(spec: dict) -> dict:
     method = spec["method"]
     post_path = cell / ("posterior.sbi" if method == "sbi_inn" else "posterior.pt")
     info_path = cell / "train.json"
+    todo = [(k, y) for k, y in zip(spec["observations"], spec["y_obs"]) if not (cell / f"samples_obs{k}.pt").is_file()]
+    if info_path.is_file() and not todo:
+        return {**json.loads(info_path.read_text()), "loaded": True, "new_draw_seconds": {}}
     if info_path.is_file() and post_path.is_file():
         info = json.loads(info_path.read_text())
         if method == "sbi_inn":
@@ -298,10 +301,8 @@ def worker(spec: dict) -> dict:
         info_path.write_text(json.dumps(info))
         info["loaded"] = False
     draws = {}
-    for k, y_obs in zip(spec["observations"], spec["y_obs"]):
+    for k, y_obs in todo:
         out = cell / f"samples_obs{k}.pt"
-        if out.is_file():
-            continue
         y_obs = torch.tensor(y_obs)
         torch.manual_seed(_stream_seed("samples", spec["seed"], k) % 2**62)
         t0 = time.perf_counter()
@@ -622,6 +623,25 @@ def run_check(args, directory: Path, provenance: dict) -> int:
 
 
 # -- the benchmark run -------------------------------------------------------------------------------------------------
+def c2st_cost(kind: str, dim: int) -> float:
+    """Rough seconds per score on one core (measured on this benchmark's tasks)."""
+    if kind == "fast":
+        return 6.0
+    return 4.0 if dim <= 2 else 80.0 if dim <= 4 else 260.0
+
+
+def find_cell(workdir: Path, key: str, reuse: bool) -> Path:
+    """The cell directory for ``key``; with ``reuse``, a trained cell of the same task, budget, seed and method
+    made with other code when this code has none (the newest one)."""
+    cell = workdir / "cells" / key
+    if (cell / "train.json").is_file() or not reuse:
+        return cell
+    stem = key.rsplit("-", 1)[0]  # same task, budget, seed, method and simulations; other method code
+    others = sorted((c for c in (workdir / "cells").glob(stem + "-*") if (c / "train.json").is_file()),
+                    key=lambda c: (c / "train.json").stat().st_mtime)
+    return others[-1] if others else cell
+
+
 def cell_key(task: str, budget: int, seed: int, method: str, digests: dict) -> str:
     code = digests["tasks"] + ("-" + digests["sbi_inn"] if method == "sbi_inn" else "-" + digests["sbi"])
     return f"{task}_n{budget}_seed{seed}_{method}_{code}"
@@ -644,8 +664,12 @@ def main(argv=None) -> int:
                     help="stop computing C2STs after this many minutes (the rest stay missing; a rerun with the "
                          "same --workdir continues)")
     ap.add_argument("--c2st-order", choices=("cheap-first", "observation-major"), default="cheap-first",
-                    help="cheap-first: low-dimensional tasks first, then by observation; observation-major: "
+                    help="cheap-first: by estimated seconds per score (sbibm C2ST ~4 s in 2-D, ~80 s in 4-D, ~260 s "
+                         "in 10-D; fast ~6 s), then by observation; observation-major: in --c2st order, "
                          "observation 1 of every cell first")
+    ap.add_argument("--reuse-trained", action="store_true",
+                    help="use trained posteriors and samples in --workdir made by other sbi_inn code versions "
+                         "(the row's cell name records which); default: retrain when the code differs")
     ap.add_argument("--num-samples", type=int, default=None, help=f"posterior samples per observation (default "
                                                                   f"{NUM_POSTERIOR_SAMPLES}, as the benchmark)")
     ap.add_argument("--sbibm-dir", type=Path, default=None, help=f"cache of the benchmark's files (default "
@@ -722,6 +746,7 @@ def main(argv=None) -> int:
             "settings": {"tasks": tasks, "budgets": budgets, "seeds": seeds, "observations": observations,
                          "methods": methods, "c2st_kinds": kinds, "c2st_minutes": args.c2st_minutes,
                          "c2st_order": args.c2st_order, "posterior_samples_per_observation": n_samples,
+                         "reuse_trained": args.reuse_trained,
                          "quick": args.quick, "torch_num_threads": 1, "blas_threads": 1,
                          "c2st_sbibm": "sbibm 1.1.0 metrics.c2st: reference vs posterior samples, z-scored by the "
                                        "reference, MLP (10D, 10D) relu adam max_iter 10000 seed 1, 5-fold KFold",
@@ -756,7 +781,7 @@ def main(argv=None) -> int:
                 if not data_path.is_file():
                     torch.save({"x": x, "y": y}, data_path)
                 for method in methods:
-                    cell = workdir / "cells" / cell_key(name, budget, seed, method, digests)
+                    cell = find_cell(workdir, cell_key(name, budget, seed, method, digests), args.reuse_trained)
                     cell.mkdir(parents=True, exist_ok=True)
                     spec = {"task": name, "budget": budget, "seed": seed, "method": method, "cell": str(cell),
                             "data": str(data_path), "num_samples": n_samples, "observations": observations,
@@ -792,7 +817,7 @@ def main(argv=None) -> int:
         dim = get_task(row["task"]).dim_x
         for k in observations:
             for ki, kind in enumerate(kinds):
-                key = (ki, dim, k) if args.c2st_order == "cheap-first" else (ki, k, dim)
+                key = (c2st_cost(kind, dim), k) if args.c2st_order == "cheap-first" else (ki, k, dim)
                 jobs.append((key + (tasks.index(row["task"]), row["budget"], row["seed"], methods.index(row["method"])),
                              row, k, kind))
     jobs.sort(key=lambda j: j[0])
