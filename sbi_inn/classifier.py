@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -74,7 +73,8 @@ from sbi_inn.config import as_config, override
 from sbi_inn.fit import _checkpoint, _jsonable  # the same fingerprinted checkpoints as fit_posterior
 from sbi_inn.flows import CouplingFlow, FlowConfig
 from sbi_inn.locking import exclusive_lock
-from sbi_inn.posterior import nonfinite_weights, resolve_device
+from sbi_inn.model_files import read_model_file, write_model_file
+from sbi_inn.posterior import resolve_device
 from sbi_inn.simulation import SeedTree, check_seed
 from sbi_inn.train import Step, TrainConfig, train
 from sbi_inn.transforms import LOG_2PI, Standardize
@@ -443,19 +443,9 @@ class Classifier(nn.Module):
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write weights plus a JSON header (``torch.load(weights_only=True)``, no pickle) atomically through
         ``<path>.tmp``; an existing ``path`` is refused (``FileExistsError``) unless ``overwrite``."""
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'classifier.sbi'}")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "package_version": __version__,
                   "model": self.model.config(), "metadata": self.metadata}
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
-        tmp.replace(path)
-        return path
+        return write_model_file(path, header, self.model.state_dict(), overwrite=overwrite)
 
     def __repr__(self) -> str:
         return (f"Classifier(method='ib_inn', dim={self.dim}, classes={self.num_classes}, beta={self.beta:g}, "
@@ -648,16 +638,11 @@ def _data_fingerprint(x: Tensor, y: Tensor) -> dict:
 def _check_header(header, state, path) -> None:
     """Refuse a classifier header that is incomplete or asks for more than the file's weights could fill (the model is
     built from the header before the weights are loaded; see ``sbi_inn.posterior._check_header``)."""
-    if not isinstance(header, dict) or not isinstance(state, dict):
-        raise ValueError(f"{path}: not an sbi_inn classifier file (header or weights missing)")
     model = header.get("model")
     if not isinstance(model, dict):
         raise ValueError(f"{path}: the classifier header lacks 'model'")
     if model.get("type") != "ib_inn":
         raise ValueError(f"{path}: unknown classifier model type {model.get('type')!r}; known: ['ib_inn']")
-    not_tensors = [str(k) for k, t in state.items() if not isinstance(t, Tensor)]
-    if not_tensors:
-        raise ValueError(f"{path}: the weights {', '.join(not_tensors[:3])} are not tensors; the file is damaged")
     weights = sum(t.numel() for t in state.values())
 
     def size(where: str, value, minimum: int = 1) -> int:
@@ -700,27 +685,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "auto") -> Cl
         ValueError: the file is corrupted, not an sbi_inn classifier, from another format version, or its header
             is damaged or crafted (sizes beyond what the stored weights could fill are refused before building).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no classifier file at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        header = json.loads(blob["header"])
-        state = blob["state_dict"]
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable sbi_inn classifier file (corrupted or another format): "
-                         f"{type(err).__name__}: {err}") from err
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        got = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise ValueError(f"{path} is not an sbi_inn classifier (format {got!r})")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} was written in classifier format {header.get('format_version')} by sbi_inn "
-                         f"{header.get('package_version')}; this sbi_inn ({__version__}) reads format {FORMAT_VERSION}")
+    header, state = read_model_file(path, format_name=FORMAT_NAME, format_version=FORMAT_VERSION, what="classifier")
     _check_header(header, state, path)
-    bad = nonfinite_weights(state)
-    if bad:
-        raise ValueError(f"{path}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or inf "
-                         "(saved from a diverged training run, or damaged)")
     metadata = header.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ValueError(f"{path}: header field 'metadata' must be a JSON object, got {type(metadata).__name__}")

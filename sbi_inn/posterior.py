@@ -18,8 +18,8 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from sbi_inn.checks import real_tensor
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
+from sbi_inn.model_files import nonfinite_weights, read_model_file, write_model_file
 from sbi_inn.simulation import check_seed
 
 FORMAT_NAME = "sbi_inn.posterior"
@@ -199,8 +200,6 @@ class Posterior(nn.Module):
                          f"outside the range of the {trained.get('num_rows', 'training')} training observations in "
                          f"{which}{' ...' if len(dims) > 5 else ''}")
         if notes:
-            import warnings
-
             warnings.warn("; ".join(notes) + ": the posterior there is an extrapolation and may be badly calibrated",
                           OutsideTrainingWarning, stacklevel=4)
 
@@ -397,21 +396,11 @@ class Posterior(nn.Module):
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write weights plus JSON configuration (loadable with ``torch.load(weights_only=True)``, no pickle),
         atomically through ``<path>.tmp``; an existing ``path`` is refused (``FileExistsError``) unless
-        ``overwrite``."""
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory; give a file name such as {path / 'posterior.sbi'}")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ``overwrite`` (:func:`sbi_inn.model_files.write_model_file`)."""
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "package_version": __version__,
                   "model": self.model.config(), "param_names": self.param_names, "obs_shape": list(self.obs_shape),
                   "is_set_valued": self.is_set_valued, "metadata": self.metadata}
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"header": json.dumps(header), "state_dict": state}, tmp)
-        tmp.replace(path)
-        return path
+        return write_model_file(path, header, self.model.state_dict(), overwrite=overwrite)
 
     def __repr__(self) -> str:
         kind = self.model.config().get("type", "?")
@@ -428,16 +417,11 @@ def _check_header(header, state, path) -> None:
     ``blocks * hidden`` weights (``blocks * (layers - 1) * hidden**2`` with two or more hidden layers), and each
     block at least one tensor; no size exceeds the number of weights stored.
     """
-    if not isinstance(header, dict) or not isinstance(state, dict):
-        raise ValueError(f"{path}: not an sbi_inn posterior file (header or weights missing)")
     for key, kind in (("model", dict), ("param_names", list), ("obs_shape", list), ("is_set_valued", bool)):
         if key not in header:
             raise ValueError(f"{path}: the posterior header lacks {key!r}")
         if not isinstance(header[key], kind):
             raise ValueError(f"{path}: header field {key!r} must be a JSON {kind.__name__}, got {header[key]!r}")
-    not_tensors = [str(k) for k, t in state.items() if not isinstance(t, Tensor)]
-    if not_tensors:
-        raise ValueError(f"{path}: the weights {', '.join(not_tensors[:3])} are not tensors; the file is damaged")
     model = header["model"]
     weights = sum(t.numel() for t in state.values())
     tensors = len(state)
@@ -480,14 +464,6 @@ def _check_header(header, state, path) -> None:
         least("summary", 1, s_layers, s_hidden)
 
 
-def nonfinite_weights(state: dict[str, Tensor]) -> list[str]:
-    """Names of the state-dict entries holding NaN, or inf anywhere but the support bounds (``support.lo`` /
-    ``support.hi`` are infinite on unbounded sides)."""
-    bounds = ("support.lo", "support.hi")
-    return [name for name, t in state.items() if t.is_floating_point()
-            and (torch.isnan(t).any() or (torch.isinf(t).any() and not name.endswith(bounds)))]
-
-
 def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Module:
     """Rebuild an untrained model from its JSON configuration (``config["type"]`` picks the class); ``summary`` is
     the user's summary module for a cINN trained with a custom one."""
@@ -513,27 +489,8 @@ def load_posterior(path: str | Path, device: str | torch.device = "auto", *,
         FileNotFoundError: no such file.
         ValueError: the file is corrupted, not an sbi_inn posterior, or from an incompatible format version.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no posterior file at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        header = json.loads(blob["header"])
-        state = blob["state_dict"]
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable sbi_inn posterior file (corrupted or another format): "
-                         f"{type(err).__name__}: {err}") from err
-    if header.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not an sbi_inn posterior (format {header.get('format')!r})")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} was written in posterior format {header.get('format_version')} by sbi_inn "
-                         f"{header.get('package_version')}; this sbi_inn ({__version__}) reads format "
-                         f"{FORMAT_VERSION}")
+    header, state = read_model_file(path, format_name=FORMAT_NAME, format_version=FORMAT_VERSION, what="posterior")
     _check_header(header, state, path)
-    bad = nonfinite_weights(state)
-    if bad:
-        raise ValueError(f"{path}: the weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or inf "
-                         "(saved from a diverged training run, or damaged); this posterior cannot give samples")
     model = model_from_config(header["model"], summary=summary)
     try:
         model.load_state_dict(state)
