@@ -73,7 +73,7 @@ from sbi_inn.config import as_config, override
 from sbi_inn.fit import _checkpoint, _jsonable  # the same fingerprinted checkpoints as fit_posterior
 from sbi_inn.flows import CouplingFlow, FlowConfig
 from sbi_inn.locking import exclusive_lock
-from sbi_inn.model_files import read_model_file, write_model_file
+from sbi_inn.model_files import HeaderBounds, read_model_file, write_model_file
 from sbi_inn.posterior import resolve_device
 from sbi_inn.simulation import SeedTree, check_seed
 from sbi_inn.train import Step, TrainConfig, train
@@ -643,34 +643,17 @@ def _check_header(header, state, path) -> None:
         raise ValueError(f"{path}: the classifier header lacks 'model'")
     if model.get("type") != "ib_inn":
         raise ValueError(f"{path}: unknown classifier model type {model.get('type')!r}; known: ['ib_inn']")
-    weights = sum(t.numel() for t in state.values())
-
-    def size(where: str, value, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{path}: header field model.{where} must be an integer >= {minimum}, got {value!r}")
-        if value > weights:
-            raise ValueError(f"{path}: header field model.{where} = {value} exceeds the {weights} weights the file "
-                             "holds; the header is damaged or crafted")
-        return value
-
-    dim, classes = size("dim", model.get("dim"), 2), size("num_classes", model.get("num_classes"), 2)
-    size("reference_size", model.get("reference_size"), 0)
-    if dim * classes > weights:
+    bounds = HeaderBounds(path, state)
+    dim = bounds.size("dim", model.get("dim"), 2)
+    classes = bounds.size("num_classes", model.get("num_classes"), 2)
+    bounds.size("reference_size", model.get("reference_size"), 0)
+    if dim * classes > bounds.weights:
         raise ValueError(f"{path}: header fields model.dim x model.num_classes = {dim * classes} class-mean entries "
-                         f"exceed the {weights} weights the file holds; the header is damaged or crafted")
+                         f"exceed the {bounds.weights} weights the file holds; the header is damaged or crafted")
     cfg = model.get("classifier")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("flow"), dict):
         raise ValueError(f"{path}: the classifier header lacks 'model.classifier.flow'")
-    flow = cfg["flow"]
-    blocks, hidden, layers = (size(f"classifier.flow.{k}", flow.get(k)) for k in ("num_blocks", "hidden",
-                                                                                   "num_layers"))
-    if blocks > len(state):
-        raise ValueError(f"{path}: header field model.classifier.flow.num_blocks = {blocks} exceeds the {len(state)} "
-                         "weight tensors the file holds; the header is damaged or crafted")
-    need = blocks * (layers - 1) * hidden**2 if layers > 1 else blocks * hidden
-    if need > weights:
-        raise ValueError(f"{path}: header field model.classifier.flow asks for a network of at least {need} weights, "
-                         f"the file holds {weights}; the header is damaged or crafted")
+    bounds.flow("classifier.flow", cfg["flow"])
     try:
         ClassifierConfig.from_dict(cfg)
     except (TypeError, ValueError) as err:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sbi_inn._version import __version__
 
-__all__ = ["nonfinite_weights", "read_model_file", "write_model_file"]
+__all__ = ["HeaderBounds", "nonfinite_weights", "read_model_file", "write_model_file"]
 
 
 def write_model_file(path: str | os.PathLike, header: dict, state: dict[str, Tensor], *,
@@ -92,3 +92,44 @@ def nonfinite_weights(state: dict[str, Tensor]) -> list[str]:
     bounds = ("support.lo", "support.hi")
     return [name for name, t in state.items() if t.is_floating_point()
             and (torch.isnan(t).any() or (torch.isinf(t).any() and not name.endswith(bounds)))]
+
+
+class HeaderBounds:
+    """Bounds on what a model header may ask for, from the weights its file holds.
+
+    A model is built from its header before the weights are loaded, so a crafted header (``num_blocks`` of 10^8,
+    ``hidden`` of 2^31) would hang or exhaust memory. No size may exceed the number of weights stored; a coupling
+    flow of ``blocks`` blocks whose subnets have ``layers`` hidden layers of width ``hidden`` holds at least
+    ``blocks * (layers - 1) * hidden**2`` weights (``blocks * hidden * layers`` with at most one hidden layer), and
+    each block at least one tensor. Errors name the header field (``model.<where>``).
+    """
+
+    def __init__(self, path, state: dict[str, Tensor]):
+        self.path, self.weights, self.tensors = path, sum(t.numel() for t in state.values()), len(state)
+
+    def _refuse(self, what: str) -> None:
+        raise ValueError(f"{self.path}: header field model.{what}; the header is damaged or crafted")
+
+    def size(self, where: str, value, minimum: int = 1) -> int:
+        """``value`` as a size: an integer ``>= minimum`` and at most the number of stored weights."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{self.path}: header field model.{where} must be an integer >= {minimum}, got "
+                             f"{value!r}")
+        if value > self.weights:
+            self._refuse(f"{where} = {value} exceeds the {self.weights} weights the file holds")
+        return value
+
+    def network(self, where: str, blocks: int, layers: int, hidden: int) -> None:
+        """A network of ``blocks`` x ``layers`` hidden layers of width ``hidden`` must fit in the stored weights."""
+        need = blocks * (layers - 1) * hidden**2 if layers > 1 else blocks * hidden * layers
+        if need > self.weights:
+            self._refuse(f"{where} asks for a network of at least {need} weights, the file holds {self.weights}")
+
+    def flow(self, where: str, flow: dict) -> tuple[int, int, int]:
+        """``(num_blocks, hidden, num_layers)`` of the flow configuration ``flow`` at ``model.<where>``, bounded."""
+        blocks, hidden, layers = (self.size(f"{where}.{k}", flow.get(k)) for k in ("num_blocks", "hidden",
+                                                                                   "num_layers"))
+        if blocks > self.tensors:
+            self._refuse(f"{where}.num_blocks = {blocks} exceeds the {self.tensors} weight tensors the file holds")
+        self.network(where, blocks, layers, hidden)
+        return blocks, hidden, layers

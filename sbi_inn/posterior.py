@@ -33,7 +33,7 @@ from sbi_inn.checks import real_tensor
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
-from sbi_inn.model_files import nonfinite_weights, read_model_file, write_model_file
+from sbi_inn.model_files import HeaderBounds, nonfinite_weights, read_model_file, write_model_file
 from sbi_inn.simulation import check_seed
 
 FORMAT_NAME = "sbi_inn.posterior"
@@ -423,45 +423,25 @@ def _check_header(header, state, path) -> None:
         if not isinstance(header[key], kind):
             raise ValueError(f"{path}: header field {key!r} must be a JSON {kind.__name__}, got {header[key]!r}")
     model = header["model"]
-    weights = sum(t.numel() for t in state.values())
-    tensors = len(state)
-
-    def size(where: str, value, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{path}: header field model.{where} must be an integer >= {minimum}, got {value!r}")
-        if value > weights:
-            raise ValueError(f"{path}: header field model.{where} = {value} exceeds the {weights} weights the file "
-                             "holds; the header is damaged or crafted")
-        return value
-
-    def least(where: str, blocks: int, layers: int, hidden: int) -> None:
-        need = blocks * (layers - 1) * hidden**2 if layers > 1 else blocks * hidden * layers
-        if need > weights:
-            raise ValueError(f"{path}: header field model.{where} asks for a network of at least {need} weights, the "
-                             f"file holds {weights}; the header is damaged or crafted")
-
+    bounds = HeaderBounds(path, state)
     if "flow" not in model or not isinstance(model["flow"], dict):
         raise ValueError(f"{path}: the posterior header lacks 'model.flow'")
-    flow = model["flow"]
-    blocks, hidden, layers = (size(f"flow.{k}", flow.get(k)) for k in ("num_blocks", "hidden", "num_layers"))
-    if blocks > tensors:
-        raise ValueError(f"{path}: header field model.flow.num_blocks = {blocks} exceeds the {tensors} weight "
-                         "tensors the file holds; the header is damaged or crafted")
-    least("flow", blocks, layers, hidden)
-    size("param_dim", model.get("param_dim"))
+    bounds.flow("flow", model["flow"])
+    bounds.size("param_dim", model.get("param_dim"))
     for key in ("obs_dim", "latent_dim", "nominal_dim"):
         if key in model:
-            size(key, model[key])
+            bounds.size(key, model[key])
     if "obs_shape" in model:
         shape = model["obs_shape"]
         if not isinstance(shape, list) or not shape:
             raise ValueError(f"{path}: header field model.obs_shape must be a non-empty list, got {shape!r}")
-        size("obs_shape", math.prod(size("obs_shape", d) for d in shape))
+        bounds.size("obs_shape", math.prod(bounds.size("obs_shape", d) for d in shape))
     summary = model.get("summary")
     if isinstance(summary, dict) and summary.get("kind") in ("mlp", "deepset"):
-        s_hidden, s_layers = size("summary.hidden", summary["hidden"]), size("summary.layers", summary["layers"], 0)
-        size("summary.dim", summary.get("dim"))
-        least("summary", 1, s_layers, s_hidden)
+        s_hidden = bounds.size("summary.hidden", summary["hidden"])
+        s_layers = bounds.size("summary.layers", summary["layers"], 0)
+        bounds.size("summary.dim", summary.get("dim"))
+        bounds.network("summary", 1, s_layers, s_hidden)
 
 
 def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Module:
