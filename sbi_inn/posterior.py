@@ -409,14 +409,8 @@ class Posterior(nn.Module):
 
 
 def _check_header(header, state, path) -> None:
-    """Refuse a posterior header that is incomplete or asks for more than the file's weights could fill.
-
-    The architecture is built from the header before the weights are loaded, so a crafted header (``num_blocks``
-    of 10^8, ``hidden`` of 2^31) would hang or exhaust memory. Every size is bounded by the file's evidence: a
-    network of ``blocks`` coupling blocks with ``layers`` hidden layers of width ``hidden`` holds at least
-    ``blocks * hidden`` weights (``blocks * (layers - 1) * hidden**2`` with two or more hidden layers), and each
-    block at least one tensor; no size exceeds the number of weights stored.
-    """
+    """Refuse a posterior header that is incomplete or asks for more than the file's weights could fill (the bounds
+    and why they are needed: :class:`sbi_inn.model_files.HeaderBounds`)."""
     for key, kind in (("model", dict), ("param_names", list), ("obs_shape", list), ("is_set_valued", bool)):
         if key not in header:
             raise ValueError(f"{path}: the posterior header lacks {key!r}")
