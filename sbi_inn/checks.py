@@ -1,5 +1,5 @@
-"""Checks of what users pass in: arrays of real numbers (:func:`real_tensor`) and configuration field types
-(:func:`check_types`), each refusing a bad value with an error that names it.
+"""Checks of what users pass in: arrays of real numbers (:func:`real_tensor`), class labels (:func:`class_labels`)
+and configuration field types (:func:`check_types`), each refusing a bad value with an error that names it.
 
 Configurations arrive from JSON files, ``--config key=value`` options and dicts; without these checks a string
 where a number belongs fails later as ``'<' not supported between instances of 'str' and 'int'``, naming nothing.
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_types", "real_tensor"]
+__all__ = ["check_types", "class_labels", "real_tensor"]
 
 _KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -103,3 +103,33 @@ def real_tensor(name: str, value) -> Tensor:
     if t.is_complex():
         raise TypeError(f"{name} must be real numbers, got dtype {t.dtype} (the imaginary part would be lost)")
     return t if torch.is_floating_point(t) else t.to(torch.float32)
+
+
+def class_labels(labels, name: str = "labels", *, num_classes: int | None = None, n: int | None = None) -> Tensor:
+    """Integer class labels ``(N,)`` in ``[0, C)`` as int64 on the CPU.
+
+    Integer dtypes only: floats, even whole-valued ones, are refused like ``4.0`` for an integer field (a float array
+    passed as labels is more often the features or probabilities than labels). ``num_classes`` bounds the values,
+    ``n`` fixes ``N`` (e.g. one label per row of a probability matrix); ``TypeError`` / ``ValueError`` name ``name``.
+    """
+    if isinstance(labels, Tensor):
+        t = labels.detach()
+    else:
+        a = np.asarray(labels)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be integers, got {type(labels).__name__} of dtype {a.dtype}")
+        t = torch.as_tensor(a)
+    if t.dtype == torch.bool or t.is_complex() or torch.is_floating_point(t):
+        raise TypeError(f"{name} must be integers (class indices 0..C-1), got dtype {t.dtype}")
+    if n is not None and tuple(t.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one per row), got {tuple(t.shape)}")
+    if t.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,), got {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (N = 0)")
+    t = t.to(torch.int64).cpu()
+    bad = (t < 0) if num_classes is None else (t < 0) | (t >= num_classes)
+    if bad.any():
+        where = "[0, C)" if num_classes is None else f"[0, {num_classes})"
+        raise ValueError(f"{name} must lie in {where}, got {t[bad][:5].tolist()}")
+    return t

@@ -68,7 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from sbi_inn._version import __version__
-from sbi_inn.checks import check_types, real_tensor
+from sbi_inn.checks import check_types, class_labels, real_tensor
 from sbi_inn.config import as_config, override
 from sbi_inn.fit import _checkpoint, _jsonable  # the same fingerprinted checkpoints as fit_posterior
 from sbi_inn.flows import CouplingFlow, FlowConfig
@@ -432,7 +432,7 @@ class Classifier(nn.Module):
             y = [int(y)]
         elif isinstance(y, Tensor) and y.ndim == 0:
             y = y.reshape(1)
-        labels = check_labels(y, "y", num_classes=self.num_classes)
+        labels = class_labels(y, "y", num_classes=self.num_classes)
         if labels.numel() == 1 and n != 1:
             labels = labels.expand(n)
         elif labels.numel() != n:
@@ -468,30 +468,6 @@ def check_inputs(x, name: str = "x", *, dim: int | None = None) -> Tensor:
     return t
 
 
-def check_labels(labels, name: str = "labels", *, num_classes: int | None = None) -> Tensor:
-    """Integer class labels ``(N,)`` in ``[0, C)`` as int64; ``TypeError`` / ``ValueError`` naming ``name``."""
-    if isinstance(labels, Tensor):
-        t = labels.detach()
-    else:
-        a = np.asarray(labels)
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be integers, got {type(labels).__name__} of dtype {a.dtype}")
-        t = torch.as_tensor(a)
-    if t.dtype == torch.bool or t.is_complex() or torch.is_floating_point(t):
-        raise TypeError(f"{name} must be integers (class indices 0..C-1), got dtype {t.dtype}")
-    if t.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,), got {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty (N = 0)")
-    t = t.to(torch.int64)
-    upper = num_classes if num_classes is not None else None
-    if (t < 0).any() or (upper is not None and (t >= upper).any()):
-        bad = t[(t < 0) | ((t >= upper) if upper is not None else torch.zeros_like(t, dtype=torch.bool))]
-        rng = f"[0, {upper})" if upper is not None else "[0, C)"
-        raise ValueError(f"{name} must lie in {rng}, got {bad[:5].tolist()}")
-    return t.cpu()
-
-
 # -- training --------------------------------------------------------------------------------------------------------
 def fit_classifier(x, labels, *, beta: float | None = None, seed: int = 0, config=None,
                    device: str | torch.device = "auto", show_progress: bool = True,
@@ -525,7 +501,7 @@ def fit_classifier(x, labels, *, beta: float | None = None, seed: int = 0, confi
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
                                     or num_classes < 2):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    y = check_labels(labels, "labels", num_classes=num_classes)
+    y = class_labels(labels, "labels", num_classes=num_classes)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"labels must have one entry per row of x ({x.shape[0]}), got {y.shape[0]}")
     C = int(num_classes) if num_classes is not None else int(y.max()) + 1

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbi_inn.checks import class_labels
 from sbi_inn.diagnostics.metrics import as_tensor
 
 __all__ = [
@@ -91,27 +92,6 @@ def _probs(probs, name: str = "probs") -> Tensor:
     return p
 
 
-def _labels(labels, n: int, num_classes: int, name: str = "labels") -> Tensor:
-    if isinstance(labels, Tensor):
-        t = labels.detach()
-    else:
-        a = np.asarray(labels)
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
-        t = torch.as_tensor(a)
-    if t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must be integers, got dtype {t.dtype}")
-    if torch.is_floating_point(t):
-        if not torch.equal(t, t.round()):
-            raise TypeError(f"{name} must be integers (class indices), got non-integral values")
-    t = t.to(torch.int64).cpu()
-    if t.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one per row of probs), got {tuple(t.shape)}")
-    if (t < 0).any() or (t >= num_classes).any():
-        raise ValueError(f"{name} must lie in [0, {num_classes}), got min {int(t.min())}, max {int(t.max())}")
-    return t
-
-
 def _scores(values, name: str) -> Tensor:
     t = as_tensor(values, name, (1,), "(N,)").to(torch.float64).cpu()
     return t
@@ -120,7 +100,7 @@ def _scores(values, name: str) -> Tensor:
 def accuracy(probs, labels) -> float:
     """Fraction of rows whose most probable class is the label."""
     p = _probs(probs)
-    y = _labels(labels, p.shape[0], p.shape[1])
+    y = class_labels(labels, n=p.shape[0], num_classes=p.shape[1])
     return float((p.argmax(1).cpu() == y).double().mean())
 
 
@@ -143,7 +123,7 @@ def reliability_diagram(probs, labels, edges=None) -> dict:
         ([2, 2], [1, 1])
     """
     p = _probs(probs)
-    y = _labels(labels, p.shape[0], p.shape[1])
+    y = class_labels(labels, n=p.shape[0], num_classes=p.shape[1])
     e = confidence_bin_edges() if edges is None else as_tensor(edges, "edges", (1,), "(K + 1,)").to(torch.float64)
     if e.numel() < 2 or e[0] != 0 or e[-1] != 1 or not (e[1:] > e[:-1]).all():
         raise ValueError(f"edges must increase strictly from 0 to 1, got {e.tolist()}")
@@ -199,7 +179,7 @@ def overconfidence(probs, labels, threshold: float = OVERCONFIDENCE_THRESHOLD) -
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
     p = _probs(probs)
-    y = _labels(labels, p.shape[0], p.shape[1])
+    y = class_labels(labels, n=p.shape[0], num_classes=p.shape[1])
     conf, pred = p.cpu().max(1)
     sure = conf >= threshold
     if not sure.any():

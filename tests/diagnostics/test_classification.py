@@ -125,6 +125,8 @@ def test_bits_per_dim_and_entropy():
     ([[0.5, 0.5]], [2], ValueError, r"labels must lie in \[0, 2\)"),
     ([[0.5, 0.5]], [0, 1], ValueError, r"labels must have shape \(1,\)"),
     ([[0.5, 0.5]], [0.5], TypeError, "labels must be integers"),
+    ([[0.5, 0.5]], [1.0], TypeError, "labels must be integers"),  # one contract with fit_classifier: no floats
+    ([[0.5, 0.5]], [True], TypeError, "labels must be integers"),
     ([[math.nan, 0.5]], [0], ValueError, "probs contains NaN"),
     ([0.5, 0.5], [0], ValueError, "probs must have 2 dimensions"),
     ([[1.0]], [0], ValueError, "at least 2 classes"),
