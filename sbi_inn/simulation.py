@@ -30,6 +30,7 @@ stream             spawn key                     what it seeds
 ``abc``            ``(2**32 + 6, i)``            chunk ``i`` of a rejection-ABC reference
 ``resimulation``   ``(2**32 + 7, i)``            chunk ``i`` of a re-simulation diagnostic
 ``rejection``      ``(2**32 + 8, i)``            chunk ``i`` of exact rejection sampling (``reference``)
+``inference``      ``(2**32 + 9, k)``            chunk ``k`` of posterior samples over a file (``sbi_inn.batch``)
 =================  ============================  ===================================================================
 
 Chunk ``i`` of a stream draws its prior and simulator seeds as ``generate_state(2, uint64)`` of its sequence,
@@ -64,7 +65,7 @@ from sbi_inn.priors import prior_for
 
 _NAMED = 2**32  # named streams are the root's children from here on; simulation chunks use the indices below it
 STREAMS = {"simulation": None, "pilot": 1, "split": 2, "init": 3, "train": 4, "fresh": 5, "abc": 6,
-           "resimulation": 7, "rejection": 8}
+           "resimulation": 7, "rejection": 8, "inference": 9}
 
 
 def check_seed(seed) -> int:
