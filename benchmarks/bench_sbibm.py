@@ -64,7 +64,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -84,9 +83,10 @@ for p in (SRC / "benchmarks", SRC):
     if str(p) not in sys.path[:2]:
         sys.path.insert(0, str(p))
 
+import _common  # noqa: E402
+from _common import fmt, machine_info, rerun_on_snapshot, single_thread  # noqa: E402
 from sbibm_tasks import TASKS, get_task  # noqa: E402  (the snapshot's copy when running)
 
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 METHODS = ("sbi_inn", "sbi_maf", "sbi_nsf")
 SBIBM_VERSION = "1.1.0"
 NUM_OBSERVATIONS = 10
@@ -104,18 +104,8 @@ C2ST_DIFFERENCES = {
 
 def code_digest(root: Path = SRC, parts=("sbi_inn", "simulators", "tasks")) -> str:
     """SHA-256 (12 hex digits) of the code under test: ``sbi_inn/``, ``simulators/`` and/or the task module."""
-    h = hashlib.sha256()
-    files = []
-    if "sbi_inn" in parts:
-        files += sorted(root.glob("sbi_inn/**/*.py"))
-    if "simulators" in parts:
-        files += sorted(root.glob("simulators/**/*.py"))
-    if "tasks" in parts:
-        files.append(root / "benchmarks" / "sbibm_tasks.py")
-    for path in files:
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+    patterns = {"sbi_inn": "sbi_inn/**/*.py", "simulators": "simulators/**/*.py", "tasks": "benchmarks/sbibm_tasks.py"}
+    return _common.code_digest(root, [patterns[p] for p in parts])
 
 
 # -- the benchmark's data files --------------------------------------------------------------------------------------
@@ -240,17 +230,12 @@ def finite_rows(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 # -- worker: train one method and sample ---------------------------------------------------------------------------
-def _single_thread():
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
+
 
 
 def worker(spec: dict) -> dict:
     """Train (or load) one posterior and draw ``num_samples`` samples for each observation in ``spec``."""
-    _single_thread()
+    single_thread()
     task = get_task(spec["task"])
     cell = Path(spec["cell"])
     method = spec["method"]
@@ -318,24 +303,8 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    cell = Path(spec["cell"])
-    spec_path = cell / "spec.json"
-    out_path = cell / "worker_out.json"
-    out_path.unlink(missing_ok=True)
-    spec_path.write_text(json.dumps({**spec, "result": str(out_path)}))
-    env = {**os.environ, **THREAD_ENV, SRC_ENV: str(SRC),
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, str(SRC / "benchmarks" / "bench_sbibm.py"), "--worker",
-                               str(spec_path)], env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout:.0f} s"}
-    if proc.returncode != 0 or not out_path.is_file():
-        return {"error": f"worker failed (rc {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
-    res = json.loads(out_path.read_text())
-    res["worker_wall_seconds"] = time.perf_counter() - t0
-    return res
+    return _common.run_worker(SRC / "benchmarks" / "bench_sbibm.py", spec, Path(spec["cell"]) / "spec.json", timeout,
+                              src=SRC, env={SRC_ENV: str(SRC)})
 
 
 # -- scoring -----------------------------------------------------------------------------------------------------------
@@ -352,30 +321,6 @@ def support_fraction(task, samples: torch.Tensor) -> dict:
     return {"bounded": bool(torch.isfinite(lo).any() or torch.isfinite(hi).any()),
             "outside": float(outside.float().mean()), "on_edge": float(edge.float().mean()),
             "on_or_outside": float((outside | edge).float().mean()), "non_finite": float(nonfinite.float().mean())}
-
-
-def machine_info() -> dict:
-    import sklearn
-
-    try:
-        import sbi
-        sbi_version = sbi.__version__
-    except ImportError:
-        sbi_version = None
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-            cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "sbi": sbi_version,
-            "numpy": np.__version__, "sklearn": sklearn.__version__, "gpu": torch.cuda.is_available()}
-
-
-def _fmt(v, spec: str) -> str:
-    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 def aggregate(rows: list[dict], kinds) -> list[dict]:
@@ -417,11 +362,11 @@ def tables(agg: list[dict], kinds) -> tuple[str, str]:
         line = [a["task"], str(a["budget"]), a["method"]]
         for kind in kinds:
             v, s = a[f"c2st_{kind}"], a[f"c2st_{kind}_spread"]
-            line.append(_fmt(v, ".3f") + (f" ± {s:.3f}" if s is not None else ""))
+            line.append(fmt(v, ".3f") + (f" ± {s:.3f}" if s is not None else ""))
             obs = a[f"c2st_{kind}_observations"]
             line.append(_obs_range(obs) + (f" ×{len(a['seeds'])}s" if obs and len(a["seeds"]) > 1 else ""))
         sup = a["support_on_or_outside"]
-        line += [_fmt(a["train_seconds"], ".1f"), _fmt(a["samples_per_second"], ",.0f"),
+        line += [fmt(a["train_seconds"], ".1f"), fmt(a["samples_per_second"], ",.0f"),
                  ("—" if sup is None else f"{sup:.2%}") if a["support_bounded"] else "unbounded"]
         lines.append(line)
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
@@ -613,7 +558,7 @@ def run_check(args, directory: Path, provenance: dict) -> int:
         s = r["summary"]
         pct = " ".join(f"{p:.2f}" for p in s["true_parameter_percentiles"])
         print(f"{r['task']:<24} true-parameter percentiles {pct}"
-              f" (KS p {_fmt(s['true_parameter_ks_pvalue'], '.2f')}); reference vs exact: max |mean diff| "
+              f" (KS p {fmt(s['true_parameter_ks_pvalue'], '.2f')}); reference vs exact: max |mean diff| "
               f"{s['max_abs_mean_diff_in_std']:.3f} sd, std ratio {s['std_ratio_range'][0]:.3f}-"
               f"{s['std_ratio_range'][1]:.3f}" + (f", min ESS {s['importance_ess_min']:.0f}"
                                                    if "importance_ess_min" in s else "")
@@ -693,21 +638,11 @@ def main(argv=None) -> int:
         Path(spec["result"]).write_text(json.dumps(worker(spec)))
         return 0
     if not args.no_snapshot and not os.environ.get(SRC_ENV):
-        snap = Path(tempfile.mkdtemp(prefix="bench_sbibm_src_"))
-        try:
-            for pkg in ("sbi_inn", "simulators"):
-                shutil.copytree(ROOT / pkg, snap / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            (snap / "benchmarks").mkdir()
-            for f in ("sbibm_tasks.py", "bench_sbibm.py"):
-                shutil.copy2(ROOT / "benchmarks" / f, snap / "benchmarks" / f)
-            argv = sys.argv[1:] if argv is None else list(argv)
-            # this file runs again (results go under ROOT) but imports everything from the snapshot
-            return subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv],
-                                  env={**os.environ, SRC_ENV: str(snap)}).returncode
-        finally:
-            shutil.rmtree(snap, ignore_errors=True)
+        # freeze the code under test; this file runs again (results go under ROOT) but imports the snapshot
+        return rerun_on_snapshot(Path(__file__), SRC_ENV, sys.argv[1:] if argv is None else list(argv),
+                                 benchmark_files=("sbibm_tasks.py", "bench_sbibm.py"))
 
-    _single_thread()
+    single_thread()
     sbibm_dir = args.sbibm_dir or default_sbibm_dir()
     provenance = ensure_sbibm_files(sbibm_dir)
     if args.check:
@@ -803,8 +738,8 @@ def main(argv=None) -> int:
                         print(f"  ERROR {name} {budget} seed {seed} {method}: {res['error']}", flush=True)
                     rows.append(row)
                     print(f"[{time.perf_counter() - started:6.0f}s] {name} n={budget} seed {seed} {method}: train "
-                          f"{_fmt(row.get('train_seconds'), '.1f')} s{' (cached)' if row.get('loaded') else ''}, "
-                          f"{_fmt(row.get('samples_per_second'), ',.0f')} samples/s, on/outside support "
+                          f"{fmt(row.get('train_seconds'), '.1f')} s{' (cached)' if row.get('loaded') else ''}, "
+                          f"{fmt(row.get('samples_per_second'), ',.0f')} samples/s, on/outside support "
                           f"{np.mean([v['on_or_outside'] for v in row.get('support', {}).values()] or [np.nan]):.4f}"
                           f" (load {load[0]:.2f})", flush=True)
                     save()

@@ -54,21 +54,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
-import platform
-import re
-import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _common
 import torch
+from _common import PeakRSS, code_digest, fmt, machine_info, rerun_on_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 # The run imports sbi_inn and simulators from a snapshot copied at start (other people may edit the working tree
@@ -78,7 +74,6 @@ SRC = Path(os.environ.get(SRC_ENV) or ROOT)
 if str(SRC) not in sys.path[:1]:
     sys.path.insert(0, str(SRC))
 
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 METHODS = ("sbi_inn", "sbi")
 SIMULATORS = {
     # name: (get_simulator kwargs, number of test observations, reference kind)
@@ -91,52 +86,6 @@ SET_SIZE = 10
 SINGLE_SAMPLES = 10_000
 SINGLE_REPEATS = 10  # a draw takes 5-50 ms: best of 10 keeps a busy scheduler out of the rate (3 moved it by 2x)
 BATCH_OBS, BATCH_SAMPLES = 1000, 100
-
-
-def source_digest(root: Path = SRC) -> str:
-    """SHA-256 (first 12 hex digits) of the ``sbi_inn`` and ``simulators`` sources under ``root``."""
-    h = hashlib.sha256()
-    for path in sorted([*root.glob("sbi_inn/**/*.py"), *root.glob("simulators/**/*.py")]):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-# -- memory ------------------------------------------------------------------------------------------------------------
-class PeakRSS:
-    """Peak resident set size of this process during a phase, in MiB (``VmHWM`` reset per phase)."""
-
-    def __init__(self):
-        self.method = "proc_vmhwm_reset"
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            self.method = "getrusage_maxrss"
-
-    @staticmethod
-    def _status(key: str) -> float:
-        with open("/proc/self/status") as f:
-            return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) / 1024
-
-    def current(self) -> float:
-        try:
-            return self._status("VmRSS")
-        except OSError:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def peak(self) -> float:
-        if self.method == "getrusage_maxrss":
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return self._status("VmHWM")
-
-    def start(self) -> float:
-        """Reset the high-water mark (where possible); return the RSS now."""
-        if self.method == "proc_vmhwm_reset":
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return self.current()
-        return self.peak()  # getrusage cannot be reset: deltas are against the running maximum
 
 
 # -- worker: one (simulator, budget, method) in a fresh process ------------------------------------------------------
@@ -207,7 +156,7 @@ def worker(spec: dict) -> dict:
     except RuntimeError:
         pass
     mem = PeakRSS()
-    digest = source_digest()
+    digest = code_digest(SRC)
     import sbi_inn
     from sbi_inn.data import load_hdf5
     from simulators import get_simulator
@@ -379,46 +328,9 @@ def score_c2st(samples, ref) -> list[float]:
         return [c2st(ref[:, i], samples[:, i], seed=0) for i in range(ref.shape[1])]
 
 
-def machine_info() -> dict:
-    import numpy
-    import sklearn
-    try:
-        import sbi
-        sbi_version = sbi.__version__
-    except ImportError:
-        sbi_version = None
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-            cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "sbi": sbi_version,
-            "numpy": numpy.__version__, "sklearn": sklearn.__version__, "gpu": torch.cuda.is_available()}
-
-
 def run_worker(spec: dict, workdir: Path, timeout: float) -> dict:
     spec_path = workdir / f"spec_{spec['simulator']}_{spec['budget']}_{spec['method']}.json"
-    out_path = spec_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps({**spec, "result": str(out_path)}))
-    env = {**os.environ, **THREAD_ENV, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {timeout:.0f} s"}
-    if proc.returncode != 0 or not out_path.is_file():
-        return {"error": f"worker failed (rc {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
-    res = json.loads(out_path.read_text())
-    res["worker_wall_seconds"] = time.perf_counter() - t0
-    return res
-
-
-def _fmt(v, spec: str) -> str:
-    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+    return _common.run_worker(Path(__file__).resolve(), spec, spec_path, timeout, src=SRC)
 
 
 def tables(rows: list[dict]) -> tuple[str, str]:
@@ -426,11 +338,11 @@ def tables(rows: list[dict]) -> tuple[str, str]:
             "train ΔRSS MiB", "sample ΔRSS MiB", "peak RSS MiB"]
     lines = []
     for r in rows:
-        lines.append([r["simulator"], str(r["budget"]), r["method"], _fmt(r.get("c2st_mean"), ".3f"),
-                      _fmt(r.get("train_seconds"), ".1f"), str(r.get("epochs", "—")),
-                      _fmt(r.get("samples_per_second"), ",.0f"), _fmt(r.get("batched_obs_per_second"), ",.0f"),
-                      _fmt(r.get("train_peak_rss_increase_mib"), ".0f"),
-                      _fmt(r.get("sample_peak_rss_increase_mib"), ".0f"), _fmt(r.get("peak_rss_mib"), ".0f")])
+        lines.append([r["simulator"], str(r["budget"]), r["method"], fmt(r.get("c2st_mean"), ".3f"),
+                      fmt(r.get("train_seconds"), ".1f"), str(r.get("epochs", "—")),
+                      fmt(r.get("samples_per_second"), ",.0f"), fmt(r.get("batched_obs_per_second"), ",.0f"),
+                      fmt(r.get("train_peak_rss_increase_mib"), ".0f"),
+                      fmt(r.get("sample_peak_rss_increase_mib"), ".0f"), fmt(r.get("peak_rss_mib"), ".0f")])
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
     text = "  ".join(h.ljust(w) for h, w in zip(head, widths)) + "\n"
     text += "\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines)
@@ -494,15 +406,7 @@ def main(argv=None) -> int:
         return 0
     if not args.no_snapshot and not os.environ.get(SRC_ENV):
         # freeze the code under test, then run this script again on the frozen copy
-        snap = Path(tempfile.mkdtemp(prefix="bench_vs_sbi_src_"))
-        try:
-            for pkg in ("sbi_inn", "simulators"):
-                shutil.copytree(ROOT / pkg, snap / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            argv = sys.argv[1:] if argv is None else list(argv)
-            return subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv],
-                                  env={**os.environ, SRC_ENV: str(snap)}).returncode
-        finally:
-            shutil.rmtree(snap, ignore_errors=True)
+        return rerun_on_snapshot(Path(__file__), SRC_ENV, sys.argv[1:] if argv is None else list(argv))
 
     from sbi_inn.data import simulate_to_hdf5
     from simulators import get_simulator
@@ -515,7 +419,7 @@ def main(argv=None) -> int:
                             else ROOT / "benchmarks" / "results" / "vs_sbi.json")
     started = time.perf_counter()
     load_start = os.getloadavg()
-    digest_start = source_digest()
+    digest_start = code_digest(SRC)
     rows, refs_info = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_vs_sbi_") as tmp:
         workdir = Path(tmp)
@@ -557,7 +461,7 @@ def main(argv=None) -> int:
                     rows.append(row)
                     cell.append((row, spec))
                     print(f"[{time.perf_counter() - started:6.0f}s] {name} n={budget} {method}: "
-                          f"C2ST {_fmt(row.get('c2st_mean'), '.3f')}, train {_fmt(row.get('train_seconds'), '.1f')} s "
+                          f"C2ST {fmt(row.get('c2st_mean'), '.3f')}, train {fmt(row.get('train_seconds'), '.1f')} s "
                           f"(load {load[0]:.2f})", flush=True)
                 trained = {spec["method"]: spec["posterior_out"] for row, spec in cell if "error" not in row}
                 if trained:
@@ -567,8 +471,8 @@ def main(argv=None) -> int:
                     for row, _ in cell:
                         row.update(timing.get(row["method"], {"sampling_error": timing.get("error")}))
                     print(f"[{time.perf_counter() - started:6.0f}s] {name} n={budget} sampling (interleaved): "
-                          + ", ".join(f"{r['method']} {_fmt(r.get('samples_per_second'), ',.0f')} samples/s, "
-                                      f"{_fmt(r.get('batched_obs_per_second'), ',.0f')} obs/s" for r, _ in cell),
+                          + ", ".join(f"{r['method']} {fmt(r.get('samples_per_second'), ',.0f')} samples/s, "
+                                      f"{fmt(r.get('batched_obs_per_second'), ',.0f')} obs/s" for r, _ in cell),
                           flush=True)
     text, md = tables(rows)
     targets = compare_targets(rows)
@@ -595,8 +499,8 @@ def main(argv=None) -> int:
         "rows": rows,
         "targets": targets,
         "source": {"snapshot": SRC != ROOT, "imported_from": str(SRC), "digest": digest_start,
-                   "working_tree_digest_at_end": source_digest(ROOT),
-                   "changed_during_run": len({digest_start, source_digest(),
+                   "working_tree_digest_at_end": code_digest(ROOT),
+                   "changed_during_run": len({digest_start, code_digest(SRC),
                                               *(r.get("source_digest", digest_start) for r in rows)}) > 1},
         "total_seconds": time.perf_counter() - started,
         "markdown": md,

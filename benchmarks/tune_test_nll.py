@@ -1,7 +1,8 @@
 """Fast tuning proxy for the cINN's defaults: held-out negative log-likelihood on fresh simulations.
 
 For each task (the SBI-benchmark development tasks of ``sbibm_tasks.py`` and the package's own simulators) and each
-configuration variant, ``fit_posterior`` trains on ``n`` simulations (data seed = training seed) and is scored by
+configuration variant (``ens*``: an equal-weight mixture of several fits), ``fit_posterior`` trains on ``n``
+simulations (data seed = training seed) and is scored by
 ``-mean log q(x | y)`` over 20 000 fresh pairs ``(x, y) ~ p(x) p(y | x)`` (data seed 999). This is the expected
 forward KL divergence from the true posterior to ``q`` up to a constant that does not depend on ``q`` (the expected
 posterior entropy), so lower is better on every task and differences are differences in expected KL, in nats. It
@@ -21,6 +22,7 @@ Prints one line per fit and a mean per (task, variant); the log of the runs behi
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -50,6 +52,12 @@ VARIANTS = {
     "2layers": {"flow": {"num_layers": 2}},
     "spline": {"flow": {"coupling": "spline"}},
     "spline_do0.1": {"flow": {"coupling": "spline", "dropout": 0.1}},
+    "h64": {"flow": {"hidden": 64}},
+    "h64_b4": {"flow": {"hidden": 64, "num_blocks": 4}},
+    "nosum": {"summary": "none"},
+    "sum16": {"summary_dim": 16},
+    "ens3": {"members": 3},  # equal-weight mixture of 3 default fits on the same data (training seeds s, s+100, s+200)
+    "ens3_do0.1": {"members": 3, "flow": {"dropout": 0.1}},
 }
 OWN = {"gaussian_mixture": {}, "inverse_kinematics": {"noise": 0.01}, "tissue_spectra": {}, "gaussian_sets": {}}
 
@@ -81,12 +89,16 @@ def main(argv: list[str]) -> None:
             values = []
             for seed in seeds:
                 prior, x, y, s = simulations(task, n, torch.Generator().manual_seed(seed))
+                config = dict(VARIANTS[name])
+                summary, members = config.pop("summary", "auto"), config.pop("members", 1)
                 t0 = time.time()
-                post = fit_posterior(data=(x, y) if s is None else (x, y, s), prior=prior, seed=seed,
-                                     config=VARIANTS[name], show_progress=False)
+                posts = [fit_posterior(data=(x, y) if s is None else (x, y, s), prior=prior, seed=seed + 100 * k,
+                                       config=config, summary=summary, show_progress=False) for k in range(members)]
+                post = posts[0]
                 seconds = time.time() - t0
-                with torch.no_grad():
-                    nll = -post.log_prob(xt, yt, sizes=st).mean().item()
+                with torch.no_grad():  # the equal-weight mixture: log (1/K) sum_k q_k(x | y)
+                    logq = torch.stack([p.log_prob(xt, yt, sizes=st) for p in posts])
+                    nll = -(torch.logsumexp(logq, 0) - math.log(members)).mean().item()
                 values.append(nll)
                 print(f"{task:24s} n={n:<6d} {name:14s} seed {seed}: test NLL {nll:8.4f}  train {seconds:5.0f}s  "
                       f"epochs {post.metadata['epochs_run']}", flush=True)
