@@ -35,6 +35,7 @@ References:
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -80,6 +81,7 @@ def simulate_to_hdf5(
     simulator_name: str | None = None,
     simulator_config: dict[str, Any] | None = None,
     show_progress: bool = True,
+    client=None,
 ) -> dict[str, Any]:
     """Draw parameters from ``prior``, simulate, and append the pairs to an HDF5 file in resumable chunks.
 
@@ -100,6 +102,13 @@ def simulate_to_hdf5(
             ``"raise"`` an error, or ``"keep"``-ed.
         simulator_name, simulator_config: recorded metadata, overriding what ``simulate`` provides.
         show_progress: show a tqdm progress bar.
+        client: a ``distributed.Client`` (``sbi_inn.distributed.client_for``; needs ``sbi_inn[distributed]``) to
+            simulate the chunks on Dask workers; ``None`` simulates here. This process stays the only writer: chunks
+            come back and are appended in chunk order (early ones wait, at most twice the worker threads in flight),
+            so the file is bit-identical to a single-process run with the same ``seed`` and ``chunk_size``. The
+            simulator must pickle and be importable on the workers (a module-level function or a class); a chunk
+            whose worker dies is retried, and a chunk that raises is reported (``RemoteTaskError`` naming the chunk,
+            with the worker traceback) after the chunks before it are committed.
 
     Returns:
         ``{"path", "num_simulations", "num_rows", "num_invalid", "num_new", "wall_time_s",
@@ -112,8 +121,18 @@ def simulate_to_hdf5(
             simulations are all invalid.
         sbi_inn.locking.OutputLockedError: another process is writing ``path`` (each writer holds an OS lock on
             ``<path>.lock`` while it runs; see :mod:`sbi_inn.locking`).
+        sbi_inn.distributed.RemoteTaskError: with a ``client``, a chunk failed on a worker (also a ``ValueError`` or
+            ``TypeError`` when it raised one).
+        ImportError: a ``client`` without Dask installed (the message names the extra).
     """
     start_time = time.perf_counter()
+    if client is not None:
+        from sbi_inn.distributed import require_distributed
+
+        require_distributed("simulate_to_hdf5(client=...)")
+        if not callable(getattr(client, "submit", None)):
+            raise TypeError(f"client must be a distributed.Client (see sbi_inn.distributed.client_for), got "
+                            f"{type(client).__name__}")
     num_simulations = _check_int("num_simulations", num_simulations, 1)
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     seed = _check_int("seed", seed, 0)
@@ -136,11 +155,17 @@ def simulate_to_hdf5(
             writer.open_existing()
         tmp_path = path.with_name(path.name + ".tmp")
         new = new_invalid = 0
+        chunks = None
         try:
             writer.rollback_partial_tail(num_simulations)
-            chunks = simulate_chunks(sim, num_simulations, chunk_size=chunk_size, seeds=SeedTree(seed).chunk_seeds,
-                                     first_chunk=writer.chunks_done, show_progress=show_progress, desc=path.name,
-                                     initial=min(writer.num_simulated, num_simulations))
+            run = simulate_chunks
+            if client is not None:
+                from sbi_inn.distributed import simulate_chunks_on
+
+                run = functools.partial(simulate_chunks_on, client)
+            chunks = run(sim, num_simulations, chunk_size=chunk_size, seeds=SeedTree(seed).chunk_seeds,
+                         first_chunk=writer.chunks_done, show_progress=show_progress, desc=path.name,
+                         initial=min(writer.num_simulated, num_simulations))
             for i, chunk in enumerate(chunks, start=writer.chunks_done):
                 rows = _check_invalid(chunk, i, on_invalid, writer.rows == 0)
                 if writer.file is None:
@@ -155,6 +180,8 @@ def simulate_to_hdf5(
                 new_invalid += chunk.num_invalid
             writer.finish(num_simulations)
         finally:
+            if chunks is not None:
+                chunks.close()  # stops the progress bar and cancels the chunks still on workers
             writer.close()
             if writer.created_at_tmp and tmp_path.exists():
                 tmp_path.unlink()

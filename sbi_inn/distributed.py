@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +44,14 @@ class RemoteTaskError(RuntimeError):
         super().__init__(message)
         self.index = index
         self.remote_traceback = remote_traceback
+
+
+class RemoteValueError(RemoteTaskError, ValueError):
+    """A task raised a ``ValueError`` (e.g. a malformed simulator output): caught by ``except ValueError`` too."""
+
+
+class RemoteTypeError(RemoteTaskError, TypeError):
+    """A task raised a ``TypeError``: caught by ``except TypeError`` too."""
 
 
 def require_distributed(feature: str):
@@ -101,8 +110,10 @@ def client_for(workers: int | None = None, scheduler: str | None = None, *, thre
         finally:
             client.close()
         return
+    # no dashboard, and the scheduler's HTTP routes on a free port (not 8787, which another cluster may hold)
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       dashboard_address=None, silence_logs=logging.ERROR,
+                                       scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"})
     try:
         client = distributed.Client(cluster, timeout=timeout, set_as_default=False)
         try:
@@ -114,20 +125,22 @@ def client_for(workers: int | None = None, scheduler: str | None = None, *, thre
         cluster.close()
 
 
-def num_workers(client) -> int:
-    """Worker processes currently connected to ``client``'s scheduler (at least 1)."""
-    return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+def total_threads(client) -> int:
+    """Worker threads (tasks that can run at once) on ``client``'s cluster now (at least 1)."""
+    return max(1, sum(client.nthreads().values()))
 
 
-def map_as_completed(client, fn: Callable, items: Iterable, *, max_in_flight: int | None = None, retries: int = 2,
-                     what: str = "task", key: str | None = None) -> Iterator[tuple[int, Any]]:
+def map_as_completed(client, fn: Callable, items: Iterable, *, start: int = 0, max_in_flight: int | None = None,
+                     retries: int = 2, what: str = "task", key: str | None = None) -> Iterator[tuple[int, Any]]:
     """Run ``fn(item)`` on the cluster for each item, yielding ``(index, result)`` as tasks finish.
 
     Args:
         client: a ``distributed.Client``.
         fn: a picklable function of one item.
         items: the inputs; consumed lazily, so at most ``max_in_flight`` are submitted and not yet yielded.
-        max_in_flight: tasks submitted at once (default twice the workers).
+        start: the index of the first item (e.g. the first chunk not yet on disk).
+        max_in_flight: tasks submitted at once (default twice the worker threads, looked up as workers
+            come and go).
         retries: resubmissions of a task whose worker died (Dask's ``KilledWorker``; the scheduler already moves a
             task off a dying worker ``distributed.scheduler.allowed-failures`` times before giving up). An exception
             raised by ``fn`` itself is not retried.
@@ -138,37 +151,46 @@ def map_as_completed(client, fn: Callable, items: Iterable, *, max_in_flight: in
         RemoteTaskError: a task raised; the message names the task and holds the worker's traceback. The tasks still
             running are cancelled.
     """
-    yield from _map(client, fn, items, max_in_flight=max_in_flight, retries=retries, what=what, key=key,
+    yield from _map(client, fn, items, start=start, max_in_flight=max_in_flight, retries=retries, what=what, key=key,
                     ordered=False)
 
 
-def map_ordered(client, fn: Callable, items: Iterable, *, max_in_flight: int | None = None, retries: int = 2,
-                what: str = "task", key: str | None = None) -> Iterator[tuple[int, Any]]:
+def map_ordered(client, fn: Callable, items: Iterable, *, start: int = 0, max_in_flight: int | None = None,
+                retries: int = 2, what: str = "task", key: str | None = None) -> Iterator[tuple[int, Any]]:
     """:func:`map_as_completed` yielding ``(index, result)`` in index order: results that finish early are buffered,
     and the buffer counts towards ``max_in_flight``, so memory stays bounded (at most ``max_in_flight`` results held).
 
     A task that fails is reported only once every task before it was yielded, so a caller that writes results in
     order keeps everything that finished before the failing one.
     """
-    yield from _map(client, fn, items, max_in_flight=max_in_flight, retries=retries, what=what, key=key,
+    yield from _map(client, fn, items, start=start, max_in_flight=max_in_flight, retries=retries, what=what, key=key,
                     ordered=True)
 
 
-def _map(client, fn, items, *, max_in_flight, retries, what, key, ordered) -> Iterator[tuple[int, Any]]:
+def _map(client, fn, items, *, start, max_in_flight, retries, what, key, ordered) -> Iterator[tuple[int, Any]]:
     distributed = require_distributed(f"running {what}s on a Dask cluster")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     retries = _check_count("retries", retries, minimum=0)
-    limit = 2 * num_workers(client) if max_in_flight is None else _check_count("max_in_flight", max_in_flight)
+    fixed = None if max_in_flight is None else _check_count("max_in_flight", max_in_flight)
+    limit_at = [0.0, 2]  # (time looked up, limit): with no fixed limit, twice the worker threads, looked up each second
+
+    def limit() -> int:
+        if fixed is not None:
+            return fixed
+        if time.monotonic() - limit_at[0] > 1.0:
+            limit_at[:] = [time.monotonic(), 2 * total_threads(client)]
+        return limit_at[1]
     prefix = f"{key or getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
-    source = iter(enumerate(items))
+    start = _check_count("start", start, minimum=0)
+    source = iter(enumerate(items, start=start))
     pending = distributed.as_completed(loop=client.loop)
     index_of: dict[Any, int] = {}  # future -> item index
     inputs: dict[int, Any] = {}  # item index -> item, kept for a resubmission
     attempts: dict[int, int] = {}
     done: dict[int, Any] = {}  # finished, not yet yielded (ordered mode)
     failed: dict[int, BaseException] = {}
-    next_out = 0
+    next_out = start
 
     def submit(i: int, item) -> None:
         attempts[i] = attempts.get(i, -1) + 1
@@ -178,7 +200,7 @@ def _map(client, fn, items, *, max_in_flight, retries, what, key, ordered) -> It
 
     def fill() -> None:
         held = len(index_of) + (len(done) + len(failed) if ordered else 0)
-        for i, item in itertools.islice(source, max(0, limit - held)):
+        for i, item in itertools.islice(source, max(0, limit() - held)):
             inputs[i] = item
             submit(i, item)
 
@@ -233,10 +255,91 @@ def _remote_error(fut, err: BaseException, index: int, what: str) -> RemoteTaskE
                 "e.g. a module-level function of a package installed on the workers)")
     if type(err).__name__ == "KilledWorker":
         hint = "\n(the worker running it died repeatedly: out of memory, a crash in native code, or os._exit?)"
-    out = RemoteTaskError(f"{what} {index} failed on a Dask worker: {type(err).__name__}: {err}{hint}\n"
+    kind = RemoteValueError if isinstance(err, ValueError) else RemoteTypeError if isinstance(err, TypeError) \
+        else RemoteTaskError
+    out = kind(f"{what} {index} failed on a Dask worker: {type(err).__name__}: {err}{hint}\n"
                           f"Worker traceback:\n{tb_text}", index=index, remote_traceback=tb_text)
     out.__cause__ = err
     return out
+
+
+# -- simulation chunks --------------------------------------------------------------------------------------------
+def simulate_chunks_on(client, sim, num: int, *, chunk_size: int, seeds: Callable[[int], tuple[int, int]],
+                       first_chunk: int = 0, show_progress: bool = False, desc: str = "simulating", initial: int = 0,
+                       max_in_flight: int | None = None, retries: int = 2) -> Iterator:
+    """:func:`sbi_inn.simulation.simulate_chunks` on a Dask cluster: the same chunks (chunk ``i`` depends on
+    ``seeds(i)`` and its size only), yielded in chunk order whatever order the workers finish them in.
+
+    Args:
+        client: a ``distributed.Client``.
+        sim: the :class:`sbi_inn.simulation.Simulation`; it is pickled to the workers (checked here first).
+        num, chunk_size, seeds, first_chunk, show_progress, desc, initial: as for ``simulate_chunks``.
+        max_in_flight: chunks submitted or finished but not yet yielded (default twice the worker threads), which
+            bounds the memory held here.
+        retries: resubmissions of a chunk whose worker died.
+
+    Yields:
+        :class:`sbi_inn.simulation.Chunk` ``first_chunk, first_chunk + 1, ...``; what the workers learned about a plain
+        callable (set-valuedness, observation names, numpy-only) is copied onto ``sim``.
+
+    Raises:
+        TypeError: ``sim`` does not pickle (the message suggests a module-level function).
+        RemoteTaskError: a chunk failed on a worker (``RemoteValueError`` / ``RemoteTypeError`` for those types);
+            the message names the chunk and holds the worker traceback. Every chunk before it was yielded first.
+        ValueError: a plain callable returned sets in one chunk and plain arrays (or another width) in another.
+    """
+    from tqdm.auto import tqdm
+
+    require_distributed("simulating on a Dask cluster")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_picklable(sim, f"the simulator {sim.name!r}")
+    items = ((sim, seeds(i), min(chunk_size, num - i * chunk_size)) for i in range(first_chunk, -(-num // chunk_size)))
+    with tqdm(total=num, initial=initial, disable=not show_progress, desc=desc, unit="sim", dynamic_ncols=True) as bar:
+        for i, (chunk, state) in map_ordered(client, _simulate_chunk, items, start=first_chunk,
+                                             max_in_flight=max_in_flight, retries=retries, what="simulation chunk",
+                                             key="simulate-chunk"):
+            _adopt(sim, state, chunk, i)
+            yield chunk
+            bar.update(len(chunk))
+
+
+def _simulate_chunk(item) -> tuple[Any, dict[str, Any]]:
+    """On a worker: one chunk ``(sim, seeds, n)`` and what simulating it taught the worker's copy of ``sim``."""
+    sim, seeds, n = item
+    chunk = sim.chunk(seeds, n)
+    return chunk, {"is_set_valued": sim.is_set_valued, "obs_names": list(sim.obs_names), "use_numpy": sim.use_numpy}
+
+
+def _adopt(sim, state: dict[str, Any], chunk, index: int) -> None:
+    """Copy a worker's findings onto the client's ``sim``; refuse a chunk unlike the ones before it."""
+    is_set = chunk.sizes is not None
+    if sim.is_set_valued is None:
+        sim.is_set_valued = is_set
+    elif sim.is_set_valued != is_set:
+        kind = ("(y, sizes) sets", "plain arrays") if is_set else ("plain arrays", "(y, sizes) sets")
+        raise ValueError(f"simulator {sim.name!r} returned {kind[0]} in chunk {index} but {kind[1]} before; it must "
+                         f"return the same kind of output every time{sim.expectation_hint}")
+    width = chunk.y.shape[-1]
+    if sim.obs_names and len(sim.obs_names) != width:
+        raise ValueError(f"simulator {sim.name!r} returned {width} observation dimensions in chunk {index}, expected "
+                         f"{len(sim.obs_names)} ({', '.join(sim.obs_names)}){sim.expectation_hint}")
+    sim.obs_names = sim.obs_names or list(state["obs_names"])
+    sim.use_numpy = sim.use_numpy or bool(state["use_numpy"])
+
+
+def check_picklable(obj, what: str) -> None:
+    """``TypeError`` when ``obj`` cannot be pickled the way Dask sends it to workers (cloudpickle)."""
+    require_distributed("sending work to Dask workers")
+    from distributed.protocol.pickle import dumps
+
+    try:
+        dumps(obj)
+    except Exception as err:
+        raise TypeError(f"{what} cannot be sent to Dask workers: pickling it failed ({type(err).__name__}: {err}). "
+                        "Define the simulator as a module-level function, or a class whose attributes pickle (no "
+                        "open files, locks, generators or lambdas inside such objects), in a module the workers can "
+                        "import") from None
 
 
 def _check_count(name: str, value, minimum: int = 1) -> int:
@@ -249,4 +352,5 @@ def _check_count(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-__all__ = ["RemoteTaskError", "require_distributed", "client_for", "map_ordered", "map_as_completed", "num_workers"]
+__all__ = ["RemoteTaskError", "RemoteValueError", "RemoteTypeError", "require_distributed", "client_for", "map_ordered",
+           "map_as_completed", "total_threads", "simulate_chunks_on", "check_picklable"]

@@ -120,3 +120,35 @@ def _check_output(output: str, inputs: Sequence[str], force: bool, option: str =
     if out.exists() and not force:
         raise FileExistsError(f"{option} {output!r} exists; pass --force to replace it")
     return out
+
+
+def add_dask_options(p) -> None:
+    """``--workers N`` / ``--scheduler ADDRESS`` (exclusive) and ``--scheduler-timeout``: where a command runs its
+    work (``sbi_inn.distributed.client_for``; read them back with :func:`_dask_client`)."""
+    g = p.add_argument_group("distributed (needs sbi_inn[distributed])")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                       help="run on a local Dask cluster of N worker processes (default: 1, this process only)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the workers of a running Dask scheduler, e.g. tcp://host:8786")
+    g.add_argument("--scheduler-timeout", type=_positive(float), default=10.0, metavar="S",
+                   help="seconds to wait for the scheduler (default: 10)")
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace):
+    """The ``distributed.Client`` (or ``None``) asked for by :func:`add_dask_options`; a missing Dask or an
+    unreachable scheduler ends the command with exit code 2 and one line on stderr."""
+    import sys
+
+    from sbi_inn.distributed import client_for
+
+    stack = contextlib.ExitStack()
+    try:
+        client = stack.enter_context(client_for(args.workers, args.scheduler, timeout=args.scheduler_timeout,
+                                                feature=f"sbi-inn {args.command} --workers/--scheduler"))
+    except (ImportError, ConnectionError) as err:
+        print(f"sbi-inn {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    with stack:
+        yield client

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from sbi_inn.cli.options import _fmt, _parse_config, _print_table
+from sbi_inn.cli.options import _dask_client, _fmt, _parse_config, _print_table, add_dask_options
 
 
 # -- sbi-inn list -------------------------------------------------------------------------------------------------
@@ -51,18 +52,25 @@ def _add_simulate(subcommands) -> None:
                    help="what to do with simulations returning NaN/inf (default: drop)")
     p.add_argument("--no-resume", action="store_true", help="overwrite PATH instead of resuming it")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    add_dask_options(p)
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from sbi_inn.data import simulate_to_hdf5
+    from sbi_inn.distributed import RemoteTaskError
     from sbi_inn.registry import load_simulator
 
     sim = load_simulator(args.name, **_parse_config(args.config))
     try:
-        summary = simulate_to_hdf5(sim, sim.prior, args.num_simulations, args.output, seed=args.seed,
-                                   chunk_size=args.chunk_size, resume=not args.no_resume,
-                                   on_invalid=args.on_invalid, show_progress=not args.quiet)
+        with _dask_client(args) as client:
+            summary = simulate_to_hdf5(sim, sim.prior, args.num_simulations, args.output, seed=args.seed,
+                                       chunk_size=args.chunk_size, resume=not args.no_resume,
+                                       on_invalid=args.on_invalid, show_progress=not args.quiet, client=client)
+    except RemoteTaskError as err:  # the worker's traceback is kept, on several lines
+        print(f"sbi-inn simulate: error: {err}\n(the chunks before it are saved; re-run the command to resume)",
+              file=sys.stderr)
+        return 1
     except ValueError as err:  # speak in options, not keywords
         raise ValueError(str(err).replace("resume=False", "--no-resume").replace("on_invalid=", "--on-invalid ")
                          .replace("num_simulations", "-n").replace("chunk_size", "--chunk-size")) from None
