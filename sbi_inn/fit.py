@@ -11,7 +11,9 @@ the seed tree of ``sbi_inn.simulation``); the model is built (the conditional IN
 or the bidirectional INN of ``sbi_inn.inn``, thesis ch. 4) and trained by the loop of ``sbi_inn.train`` with one
 fingerprinted checkpoint, and wrapped as a :class:`~sbi_inn.posterior.Posterior`. The same ``seed`` gives the same
 simulations, split and weights, in memory or from a file; with a ``checkpoint_dir`` an interrupted call resumes and
-ends with the weights of an uninterrupted one, and a directory left by another fit is refused.
+ends with the weights of an uninterrupted one, and a directory left by another fit is refused. With
+``distributed=True`` every process of a ``torchrun`` launch makes the same call and trains one data-parallel shard
+(``sbi_inn.ddp``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ SUMMARIES = ("auto", "mlp", "deepset", "none")
 def fit_posterior(simulate: Callable | None = None, prior=None, *, num_simulations: int | None = None,
                   data=None, method: str = "cinn", summary: str | nn.Module = "auto",
                   device: str | torch.device = "auto", seed: int = 0, config=None, data_config=None,
-                  show_progress: bool = True, checkpoint_dir: str | Path | None = None) -> Posterior:
+                  show_progress: bool = True, checkpoint_dir: str | Path | None = None,
+                  distributed: bool = False) -> Posterior:
     """Simulate, train and return an amortised posterior ``q(x | y)``.
 
     Args:
@@ -80,6 +83,11 @@ def fit_posterior(simulate: Callable | None = None, prior=None, *, num_simulatio
         show_progress: progress bars for simulation and training.
         checkpoint_dir: directory for the training checkpoint; a call with the same directory resumes, a
             directory of a fit with another configuration, data or seed is refused naming what differs.
+        distributed: train data-parallel with ``DistributedDataParallel``: every process of an initialised process
+            group (``with sbi_inn.ddp.process_group():`` under ``torchrun``) makes this call with the same
+            arguments; ``TrainConfig.batch_size`` is the global batch, ``device="auto"`` is the rank's device, only
+            rank 0 locks and writes ``checkpoint_dir``. Every rank returns the same posterior; save it on rank 0.
+            Simulating into a file is done first (``simulate_to_hdf5``), then trained on with ``data=PATH``.
 
     Returns:
         The trained :class:`~sbi_inn.posterior.Posterior`; ``posterior.metadata`` holds the configuration, the data
@@ -117,17 +125,40 @@ def fit_posterior(simulate: Callable | None = None, prior=None, *, num_simulatio
             raise TypeError("config=INNConfig(...) configures method='inn'; for method='cinn' pass an "
                             "sbi_inn.FitConfig or a dict of its fields")
         mconf = as_config(config, FitConfig, "config")
-    dev = resolve_device(device)
+    group = _process_group(distributed, simulate, data)
+    dev = group.device if group is not None and str(device) == "auto" else resolve_device(device)
+    if group is not None and dev != group.device:
+        raise ValueError(f"device {str(dev)!r} is not this rank's device {str(group.device)!r} of the "
+                         f"{group.backend} process group; use device='auto'")
     if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
         raise ValueError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a directory")  # before any work
+    everywhere = (lambda fn, main_only=False: fn()) if group is None else group.agree
     with contextlib.ExitStack() as stack:
         if checkpoint_dir is not None:  # one fit per checkpoint directory at a time, refused before simulating
-            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-            stack.enter_context(exclusive_lock(Path(checkpoint_dir) / "checkpoint.pt", what="checkpoint"))
-        sims = _training_data(simulate, prior, num_simulations, data, dconf, seed, show_progress)
+            def lock():
+                Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+                stack.enter_context(exclusive_lock(Path(checkpoint_dir) / "checkpoint.pt", what="checkpoint"))
+            everywhere(lock, main_only=True)  # distributed: rank 0 holds the lock for all
+        sims = everywhere(lambda: _training_data(simulate, prior, num_simulations, data, dconf, seed,
+                                                 show_progress and (group is None or group.is_main)))
         if method == "inn" and sims.is_set_valued:
             raise ValueError("method='inn' takes vector observations; use method='cinn' for set-valued data")
-        return _fit(sims, method, mconf, dconf, summary, dev, seed, show_progress, checkpoint_dir)
+        return _fit(sims, method, mconf, dconf, summary, dev, seed, show_progress, checkpoint_dir, group)
+
+
+def _process_group(distributed: bool, simulate, data):
+    """The ``sbi_inn.ddp.Distributed`` of this rank with ``distributed=True`` (``None`` otherwise)."""
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False, got {distributed!r}")
+    if not distributed:
+        return None
+    if simulate is not None and data is not None and not isinstance(data, (tuple, list)):
+        raise ValueError("distributed=True with a simulator and data=PATH would have every rank write the file; "
+                         "simulate into it first (simulate_to_hdf5 or `sbi-inn simulate`), then train with "
+                         "data=PATH, or simulate in memory (no data=)")
+    from sbi_inn.ddp import current
+
+    return current()
 
 
 def _training_data(simulate, prior, num, data, dconf: DataConfig, seed: int, show_progress: bool) -> TrainingData:
@@ -156,7 +187,7 @@ def _training_data(simulate, prior, num, data, dconf: DataConfig, seed: int, sho
 
 
 def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev, seed: int, show_progress: bool,
-         checkpoint_dir) -> Posterior:
+         checkpoint_dir, group=None) -> Posterior:
     train_part, val_part = split(sims, dconf.validation_fraction, seed)
     num_train = num_rows(train_part)
     x0, y0, s0 = standardization_sample(train_part)
@@ -185,10 +216,16 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
     summary_name = summary if isinstance(summary, str) else f"custom:{type(summary).__qualname__}"
     fingerprint = _jsonable({"method": method, "config": resolved, "data_config": dconf.to_dict(), "seed": seed,
                              "data": sims.fingerprint, "summary": summary_name, "model": model.config()})
+    if group is None:
+        checkpoint = _checkpoint(checkpoint_dir, fingerprint)
+    else:  # the same fit on every rank; rank 0 alone checks and writes the fingerprint, and all agree on its verdict
+        group.check_same(json.dumps(fingerprint, sort_keys=True), "the fit (data, configuration, seed)")
+        checkpoint = group.agree(lambda: _checkpoint(checkpoint_dir, fingerprint), main_only=True)
+        checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
     t0 = time.perf_counter()
-    history = train(model, loss_fn, train_data, val_part, train_cfg, device=dev,
-                    checkpoint_path=_checkpoint(checkpoint_dir, fingerprint), show_progress=show_progress,
-                    val_loss_fn=val_fn)
+    history = train(model, loss_fn, train_data, val_part, train_cfg, device=dev, checkpoint_path=checkpoint,
+                    show_progress=show_progress and (group is None or group.is_main), val_loss_fn=val_fn,
+                    distributed=group)
     metadata = {"method": method, "seed": seed, "sbi_inn_version": __version__, "device": str(dev),
                 "config": resolved, "data_config": dconf.to_dict(), "train_config": train_cfg.to_dict(),
                 "flow_config": model.flow_config.to_dict(), "summary": getattr(model, "summary_kind", None),
@@ -196,6 +233,8 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
                          "fresh_simulations_per_epoch": dconf.fresh_simulations},
                 "train_seconds": time.perf_counter() - t0, "epochs_run": len(history), "history": history,
                 "training_range": covered}
+    if group is not None:
+        metadata["distributed"] = {"world_size": group.world_size, "backend": group.backend}
     return Posterior(model, param_names=sims.param_names, obs_shape=obs_shape, is_set_valued=sims.is_set_valued,
                      metadata=_jsonable(metadata))
 

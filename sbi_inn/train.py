@@ -11,6 +11,11 @@ Every epoch draws its shuffling and the noise the loss needs from the ``train`` 
 :class:`Step`, which is what makes resumed and uninterrupted runs identical. Subnet dropout, which can only draw
 from torch's global RNG, runs inside a forked global state seeded from the same stream, so the caller's global
 random state is never changed.
+
+With ``distributed=`` (a :class:`sbi_inn.ddp.Distributed`) the same loop runs data-parallel: each rank takes a
+disjoint shard of every batch (:func:`epoch_batches`), gradients are all-reduced through DDP, and every decision
+(skipped steps, validation loss, schedule, early stopping) is taken on all-reduced numbers; ``sbi_inn.ddp`` explains
+the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +35,9 @@ from tqdm.auto import tqdm
 
 from sbi_inn.checks import check_types
 from sbi_inn.simulation import SeedTree
+
+if TYPE_CHECKING:
+    from sbi_inn.ddp import Distributed
 
 
 @dataclass(frozen=True)
@@ -144,17 +153,42 @@ def batch_size_for(config: TrainConfig, num_rows: int) -> int:
     return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, num_rows // 8)))
 
 
+def epoch_batches(num_rows: int, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True,
+                  rank: int = 0, world_size: int = 1) -> list[Tensor]:
+    """Row indices of one epoch's batches, or of rank ``rank``'s shards of them.
+
+    A permutation of ``range(num_rows)`` from ``generator`` (or the identity without ``shuffle``) is cut into
+    :func:`num_batches` batches of equal size (to one row); with ``world_size > 1`` each batch is cut again into
+    ``world_size`` contiguous shards of equal size (to one row) and rank ``rank`` gets its shard of every batch.
+    With the same generator state on every rank the shards of a batch are disjoint and together are the
+    single-process batch, so every epoch covers each row exactly once over all ranks.
+
+    Example:
+        >>> [b.tolist() for b in epoch_batches(10, 5, None, shuffle=False)]
+        [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+        >>> [b.tolist() for b in epoch_batches(10, 5, None, shuffle=False, rank=1, world_size=2)]
+        [[3, 4], [8, 9]]
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+    order = torch.randperm(num_rows, generator=generator) if shuffle else torch.arange(num_rows)
+    batches = list(torch.tensor_split(order, num_batches(num_rows, batch_size)))
+    if world_size > 1:
+        batches = [torch.tensor_split(b, world_size)[rank] for b in batches]
+    return batches
+
+
 def iterate_batches(data, batch_size: int, generator: torch.Generator | None, *, shuffle: bool = True,
-                    num_workers: int = 0) -> Iterable[tuple[Tensor, ...]]:
+                    num_workers: int = 0, rank: int = 0, world_size: int = 1) -> Iterable[tuple[Tensor, ...]]:
     """Minibatches from a tuple of equally long tensors (fast slicing) or from a torch ``Dataset``.
 
     The rows are cut into :func:`num_batches` batches of equal size (to one row): the remainder of ``n / batch_size``
     is spread over the batches instead of forming a short last batch, which costs a whole step for a few rows and
-    gives a noisy gradient. Tensors and datasets with the same rows give the same batches in the same order.
+    gives a noisy gradient. Tensors and datasets with the same rows give the same batches in the same order. With
+    ``world_size > 1`` only rank ``rank``'s shard of each batch is yielded (:func:`epoch_batches`).
     """
     n = _num_rows(data)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    batches = torch.tensor_split(order, num_batches(n, batch_size))
+    batches = epoch_batches(n, batch_size, generator, shuffle=shuffle, rank=rank, world_size=world_size)
     if isinstance(data, (tuple, list)):
         for idx in batches:
             yield tuple(t[idx.to(t.device)] for t in data)
@@ -179,7 +213,7 @@ def _num_rows(data) -> int:
 
 def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: TrainConfig, *,
           device: torch.device, checkpoint_path: str | Path | None = None, show_progress: bool = True,
-          val_loss_fn: LossFn | None = None) -> list[dict]:
+          val_loss_fn: LossFn | None = None, distributed: Distributed | None = None) -> list[dict]:
     """Train ``model`` in place and return the history (one dict per epoch).
 
     Args:
@@ -193,6 +227,9 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         val_loss_fn: loss used on validation data (defaults to ``loss_fn``); it may return one loss per row
             ``(n,)`` instead of a scalar, which the validation loss then averages over all rows (``config.val_trim``
             of them left out).
+        distributed: train data-parallel in an initialised process group (``sbi_inn.ddp``; every rank calls
+            ``train`` with the same arguments): ``config.batch_size`` is then the global batch, only rank 0 writes
+            the checkpoint (every rank resumes from it) and shows progress.
 
     Returns:
         A list of per-epoch records: ``epoch``, ``train_loss``, ``val_loss``, ``lr``, ``seconds``,
@@ -210,6 +247,10 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     if num_rows == 0:
         raise ValueError("no training data")
     config = replace(config, batch_size=batch_size_for(config, num_rows))
+    world = 1 if distributed is None else distributed.world_size
+    if min(num_rows, config.batch_size) < world:
+        raise ValueError(f"data-parallel training on {world} processes needs batches of at least {world} rows; "
+                         f"got batch_size {config.batch_size} and {num_rows} training rows")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adam(params, config)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=_decay(config, config.epochs))
@@ -232,22 +273,30 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
                    "epoch": int(state.get("counted_epoch", best["epoch"]))}
         if state.get("finished", False):
             start_epoch = planned
+    writes = distributed is None or distributed.is_main
+    step_loss = loss_fn if distributed is None else distributed.wrap_loss(model, loss_fn)
 
     tree = SeedTree(config.seed)
-    bar = tqdm(total=planned, initial=start_epoch, disable=not show_progress, desc="training", unit="epoch")
+    bar = tqdm(total=planned, initial=start_epoch, disable=not (show_progress and writes), desc="training",
+               unit="epoch")
     epoch = start_epoch
     while epoch < planned:
         t0 = time.perf_counter()
-        shuffle_seed, noise_seed, dropout_seed = tree.seeds("train", epoch, n=3)
+        shuffle_seed, noise_seed, dropout_seed = tree.seeds("train", epoch, n=3)  # the shuffle is the same on all ranks
+        if distributed is not None and distributed.rank > 0:  # noise and dropout: a stream of each rank's own
+            noise_seed, dropout_seed = tree.seeds("train", epoch, distributed.rank, n=2)
         shuffle = torch.Generator().manual_seed(shuffle_seed)
         noise = torch.Generator(device=device).manual_seed(noise_seed)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(dropout_seed)  # subnet dropout draws from the global RNG (module docstring)
             data, first = (first if epoch == 0 else epoch_data(epoch)), None  # drop epoch 0's data once used
-            record = _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch)
+            record = _run_epoch(model, step_loss, data, optimizer, config, device, shuffle, noise, epoch, distributed)
             if val_data is not None and _num_rows(val_data) > 0:
-                record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, noise, epoch)
-        record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - t0)
+                record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, noise, epoch,
+                                               distributed)
+        seconds = time.perf_counter() - t0  # the slowest rank's, so that time budgets decide alike everywhere
+        seconds = seconds if distributed is None else distributed.max(seconds)
+        record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
         if epoch == 0 and config.max_time is not None:  # plan the epochs that fit the budget (TrainConfig.max_time)
             planned = max(1, min(config.epochs, int(config.max_time // max(record["seconds"], 1e-9))))
             scheduler.gamma = _decay(config, planned)
@@ -267,7 +316,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
             config.max_time is not None and elapsed >= config.max_time) or epoch + 1 >= planned
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
-        if ckpt is not None:
+        if ckpt is not None and writes:
             _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned,
                              finished=stop)
         epoch += 1
@@ -313,17 +362,25 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
     return norm
 
 
-def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch) -> dict:
+def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch, distributed=None) -> dict:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = {}
     steps = skipped = 0
-    nb = num_batches(_num_rows(data), config.batch_size)
-    for i, batch in enumerate(iterate_batches(data, config.batch_size, shuffle, num_workers=config.num_workers)):
+    n = _num_rows(data)
+    nb = num_batches(n, config.batch_size)
+    rank, world = (0, 1) if distributed is None else (distributed.rank, distributed.world_size)
+    for i, batch in enumerate(iterate_batches(data, config.batch_size, shuffle, num_workers=config.num_workers,
+                                              rank=rank, world_size=world)):
         batch = tuple(t.to(device, non_blocking=True) for t in batch)
         optimizer.zero_grad(set_to_none=True)
         loss, parts = loss_fn(model, batch, Step(epoch, i, nb, noise))
-        if not torch.isfinite(loss):
+        weight = 1.0
+        if distributed is not None:  # this shard's share of the batch: DDP's mean of the ranks' gradients is then
+            weight = world * batch[0].shape[0] / (n // nb + (i < n % nb))  # the gradient of the batch mean
+            loss = loss * weight
+        finite = bool(torch.isfinite(loss))
+        if not (finite if distributed is None else distributed.all_true(finite)):
             skipped += 1
             continue
         loss.backward()
@@ -337,7 +394,10 @@ def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, 
         steps += 1
         totals["train_loss"] = totals.get("train_loss", 0.0) + float(loss.detach())
         for k, v in parts.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+            totals[k] = totals.get(k, 0.0) + weight * float(v)
+    if distributed is not None:  # the mean over ranks of the weighted shard losses is the batch loss
+        keys = sorted(totals)
+        totals = dict(zip(keys, (v / world for v in distributed.sum([totals[k] for k in keys]))))
     if steps == 0:
         raise FloatingPointError(f"every training step of this epoch had a non-finite loss ({skipped} skipped); "
                                  "lower the learning rate or check the data for outliers")
@@ -369,27 +429,40 @@ def trimmed_mean(values: Tensor, trim: float) -> float:
 
 
 @torch.no_grad()
-def _evaluate(model, loss_fn, data, config, device, noise, epoch) -> float:
+def _evaluate(model, loss_fn, data, config, device, noise, epoch, distributed=None) -> float:
     """Validation loss: the row-weighted mean of scalar batch losses (non-finite batches skipped), or the trimmed
-    mean (``config.val_trim``) over all rows when ``loss_fn`` returns one loss per row."""
+    mean (``config.val_trim``) over all rows when ``loss_fn`` returns one loss per row. Distributed, each rank
+    evaluates its shards of the rows and the per-row losses are gathered (the sums all-reduced), so every rank
+    returns the same value."""
     model.eval()
-    total, count, rows = 0.0, 0, []
+    total, count, rows, batch_statistic = 0.0, 0, [], False
     size = max(config.batch_size, 1024)
     nb = num_batches(_num_rows(data), size)
-    for i, batch in enumerate(iterate_batches(data, size, None, shuffle=False, num_workers=config.num_workers)):
+    rank, world = (0, 1) if distributed is None else (distributed.rank, distributed.world_size)
+    for i, batch in enumerate(iterate_batches(data, size, None, shuffle=False, num_workers=config.num_workers,
+                                              rank=rank, world_size=world)):
+        if batch[0].shape[0] == 0:  # fewer validation rows than ranks
+            continue
         batch = tuple(t.to(device) for t in batch)
         loss, _ = loss_fn(model, batch, Step(epoch, i, nb, noise))
         if loss.ndim == 1:
             rows.append(loss.detach().cpu())
-        elif config.val_trim > 0:
-            raise ValueError("TrainConfig.val_trim needs a validation loss with one value per row; this model's "
-                             "validation loss is a batch statistic (set val_trim=0)")
-        elif torch.isfinite(loss):
+            continue
+        batch_statistic = True
+        if torch.isfinite(loss):
             total += float(loss) * batch[0].shape[0]
             count += batch[0].shape[0]
     model.train()
-    if rows:
-        return trimmed_mean(torch.cat(rows), config.val_trim)
+    rows = torch.cat(rows) if rows else torch.zeros(0)
+    if distributed is not None:  # every rank takes part in both, whatever its shard held
+        rows = distributed.gather(rows)
+        total, count = distributed.sum([total, count])
+        batch_statistic = not distributed.all_true(not batch_statistic)
+    if batch_statistic and config.val_trim > 0:
+        raise ValueError("TrainConfig.val_trim needs a validation loss with one value per row; this model's "
+                         "validation loss is a batch statistic (set val_trim=0)")
+    if len(rows):
+        return trimmed_mean(rows, config.val_trim)
     return total / count if count else math.inf
 
 
