@@ -113,22 +113,69 @@ def _add_sample(subcommands) -> None:
                     "with attribute `param_names`) or .csv (long format: an `observation` column, then one "
                     "column per parameter).")
     p.add_argument("model", metavar="MODEL.sbi", help="posterior written by `sbi-inn train`")
-    p.add_argument("--obs", required=True, metavar="OBS",
-                   help="observations: an HDF5 simulation file (its y), a .npy array (B, M) or (M,) (sets: "
-                        "(B, K, M) with all-NaN rows as padding), or a .csv with one observation per row (an "
-                        "optional header line is skipped)")
-    p.add_argument("-n", "--num-samples", type=_positive(int), required=True, metavar="N",
-                   help="samples per observation")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file: .npy, .h5 or .csv")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--obs", metavar="OBS",
+                        help="observations: an HDF5 simulation file (its y), a .npy array (B, M) or (M,) (sets: "
+                             "(B, K, M) with all-NaN rows as padding), or a .csv with one observation per row (an "
+                             "optional header line is skipped)")
+    source.add_argument("--observations", metavar="IMAGE.h5",
+                        help="batch inference, chunk by chunk and resumable: an observation image (sbi_inn.images; "
+                             "maps (H, W, D)) or a simulation file (rows (B, D)); OUT is an HDF5 file of posterior "
+                             "summaries (mean, std, median, point, width68, --quantiles), or of raw samples with "
+                             "--raw-samples. Running the same command again resumes an interrupted run")
+    p.add_argument("-n", "--num-samples", type=_positive(int), metavar="N",
+                   help="samples per observation (required with --obs; default with --observations: 256)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file: .npy, .h5 or .csv (--observations: .h5)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--split", choices=("train", "val", "test", "all"), default="all",
-                   help="HDF5 OBS only: use this split of the file (fractions 0.8/0.1/0.1; default: all rows)")
-    p.add_argument("--rows", metavar="A:B", help="use only rows A to B-1 (after --split)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
+                   help="--obs HDF5 only: use this split of the file (fractions 0.8/0.1/0.1; default: all rows)")
+    p.add_argument("--rows", metavar="A:B", help="--obs only: use only rows A to B-1 (after --split)")
+    p.add_argument("--quantiles", type=float, nargs="+", metavar="Q",
+                   help="--observations: also write these quantile levels in (0, 1), dataset quantiles (Q, H, W, D)")
+    p.add_argument("--chunk-rows", type=_positive(int), metavar="R",
+                   help="--observations: observations per chunk, the unit of seeding and resuming (default: 1024)")
+    p.add_argument("--point", choices=("median", "mean_shift"),
+                   help="--observations: the point estimate, per-parameter median or mean-shift mode (default: "
+                        "median)")
+    p.add_argument("--on-nan", choices=("raise", "mask"),
+                   help="--observations: refuse NaN pixels (raise, the default) or skip them, masked, NaN results")
+    p.add_argument("--raw-samples", action="store_true",
+                   help="--observations: write the raw samples (N, B, D) instead of summaries")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
     _add_device(p)
+    _add_dask(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     _add_threads(p)
     p.set_defaults(func=_run_sample)
+
+
+def _add_dask(p) -> None:
+    """``--workers`` / ``--scheduler`` (from :mod:`sbi_inn.cli.options` once it offers them)."""
+    from sbi_inn.cli import options
+
+    if hasattr(options, "add_dask_options"):
+        options.add_dask_options(p)
+        return
+    p.add_argument("--workers", type=_positive(int), metavar="N",
+                   help="--observations: run the chunks on N local Dask worker processes")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="--observations: run the chunks on the Dask cluster at ADDRESS (tcp://host:8786)")
+
+
+def _dask(args: argparse.Namespace):
+    """The Dask client of ``--workers`` / ``--scheduler`` (``None``: this process), as a context manager."""
+    from sbi_inn.cli import options
+
+    if hasattr(options, "_dask_client"):
+        return options._dask_client(args)
+    from sbi_inn.distributed import client_for
+
+    return client_for(args.workers, args.scheduler, feature="sbi-inn sample --workers/--scheduler")
+
+
+_BATCH_OPTIONS = {"quantiles": "--quantiles", "chunk_rows": "--chunk-rows", "point": "--point", "on_nan": "--on-nan",
+                  "raw_samples": "--raw-samples", "workers": "--workers", "scheduler": "--scheduler"}
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -136,6 +183,15 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from sbi_inn.observations import SAMPLE_SUFFIXES, read_observations, shape_text, write_samples
 
+    if args.observations is not None:
+        return _run_batch(args)
+    given = [flag for key, flag in _BATCH_OPTIONS.items() if getattr(args, key, None) not in (None, False)
+             and not (key == "workers" and args.workers == 1)]
+    if given:
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --observations, not --obs")
+    if args.num_samples is None:
+        raise ValueError("-n/--num-samples is required with --obs")
+    args.split = args.split or "all"
     out = Path(args.output)
     if out.suffix.lower() not in SAMPLE_SUFFIXES:
         raise ValueError(f"-o must end in {', '.join(SAMPLE_SUFFIXES)} (the suffix picks the format), got "
@@ -157,6 +213,47 @@ def _run_sample(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"drew {args.num_samples} samples for each of {samples.shape[1]} observations in {seconds:.2f} s; "
               f"wrote {shape_text(tuple(samples.shape))} ({', '.join(posterior.param_names)}) to {out}")
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """``sbi-inn sample --observations``: :func:`sbi_inn.batch.posterior_maps` (or ``sample_to_hdf5``)."""
+    from sbi_inn.batch import posterior_maps, sample_to_hdf5
+
+    given = [flag for flag, value in (("--split", args.split), ("--rows", args.rows)) if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --obs; --observations "
+                         "reads every observation of the file")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise ValueError(f"-o must be an HDF5 file (.h5 or .hdf5) with --observations, got {args.output!r}")
+    if out.is_dir():
+        raise IsADirectoryError(f"-o {args.output!r} is a directory; give a file name")
+    for given_path in (args.model, args.observations):
+        if Path(given_path).exists() and out.exists() and out.resolve() == Path(given_path).resolve():
+            raise ValueError(f"-o {args.output!r} is one of this command's inputs; it is never written over")
+    if args.raw_samples and (args.quantiles or args.point):
+        raise ValueError("--quantiles and --point describe summaries; leave them out with --raw-samples")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    common = dict(num_samples=args.num_samples or 256, seed=args.seed, chunk_rows=args.chunk_rows or 1024,
+                  on_nan=args.on_nan or "raise", overwrite=args.force, device=_device(args.device),
+                  show_progress=not args.quiet)
+    with _dask(args) as client:
+        if args.raw_samples:
+            result = sample_to_hdf5(args.model, args.observations, out, client=client, **common)
+        else:
+            result = posterior_maps(args.model, args.observations, out, quantiles=tuple(args.quantiles or ()),
+                                    point=args.point or "median", client=client, **common)
+    if not args.quiet:
+        shape = result["shape"]
+        what = f"{shape[0]} x {shape[1]} pixels" if len(shape) == 2 else f"{shape[0]} observations"
+        masked = f", {result['num_masked']} masked (NaN)" if result["num_masked"] else ""
+        new = (f"{result['num_new_chunks']} of {result['num_chunks']} chunks computed in "
+               f"{result['wall_time_s']:.2f} s" if result["num_new_chunks"] else
+               f"all {result['num_chunks']} chunks were already done")
+        written = [n for n in result["datasets"] if n not in ("done", "mask")]
+        print(f"{what}{masked}, {common['num_samples']} samples each: {new}; {', '.join(written)} in {out}")
     return 0
 
 
