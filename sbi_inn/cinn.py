@@ -271,7 +271,10 @@ class ConditionalINN(nn.Module):
         for b, seed in enumerate(_row_seeds(generator, B)):
             torch.randn(n, self.param_dim, generator=gen.manual_seed(seed), out=z[b])
         z = z.transpose(0, 1).reshape(n * B, self.param_dim)
-        v, _ = self.flow.inverse(z, c, jac=False)  # rows (n, B): row r uses c[r % B]
+        if isinstance(self.flow, CouplingFlow):  # rows (n, B): row r uses c[r % B]
+            v = self.flow.sample_inverse(z, c)  # = flow.inverse(z, c, jac=False)[0], bit for bit
+        else:
+            v, _ = self.flow.inverse(z, c, jac=False)
         x = self.support(self.x_standardize.inverse(v))
         return x.reshape(n, B, self.param_dim)
 

@@ -165,16 +165,26 @@ class ConditionalSubnet(nn.Module):
         """First-layer condition term ``W_c c + b`` ``(B, hidden)`` for conditions ``c`` ``(B, C)``."""
         return self.cond(c) + self.inp.bias
 
-    def forward(self, u: Tensor, hc: Tensor) -> Tensor:
-        """``(s, t)`` stacked ``(N, dim_out)`` for ``u`` ``(N, dim_in)``; row ``r`` uses ``hc[r % B]``."""
+    def forward(self, u: Tensor, hc: Tensor, work: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``(s, t)`` stacked ``(N, dim_out)`` for ``u`` ``(N, dim_in)``; row ``r`` uses ``hc[r % B]``.
+
+        ``work``: two preallocated ``(N, hidden)`` buffers that receive the hidden activations (sampling only: no
+        gradient recorded, eval mode), so no layer allocates a fresh activation. The result is bit-identical; a new
+        multi-MiB tensor per layer costs page faults and a bias copy into untouched memory, which made sampling
+        about twice as slow (``benchmarks/bench_sampling_roofline.py``).
+        """
         N, B = u.shape[0], hc.shape[0]
+        if work is not None and (self.training or torch.is_grad_enabled()):
+            raise RuntimeError("ConditionalSubnet: work buffers are for eval-mode sampling without autograd")
+        bufs = (None, None) if work is None else (work[0][:N], work[1][:N])
         if B == N or B == 1:
-            h = torch.addmm(hc, u, self.inp.weight.t())
+            h = torch.addmm(hc, u, self.inp.weight.t(), out=bufs[0])
         else:
-            h = (u @ self.inp.weight.t()).view(N // B, B, -1).add_(hc).view(N, -1)
+            h = torch.mm(u, self.inp.weight.t(), out=bufs[0]).view(N // B, B, -1).add_(hc).view(N, -1)
         h = self._act(h)
-        for layer in self.hidden:
-            h = self._act(layer(h))
+        for i, layer in enumerate(self.hidden, start=1):
+            # layer(h) as addmm, into the buffer that h does not occupy (a GELU's result is a fresh tensor)
+            h = self._act(torch.addmm(layer.bias, h, layer.weight.t(), out=bufs[i % 2]))
         return self.out(h)
 
     def _act(self, h: Tensor) -> Tensor:
@@ -204,16 +214,22 @@ class ConditionalAffineCoupling(Fm.InvertibleModule):
         self.net1 = ConditionalSubnet(self.d1, cond_dim, 2 * self.d2, config)  # x1 -> (s, t) of x2
         self.net2 = ConditionalSubnet(self.d2, cond_dim, 2 * self.d1, config)  # v2 -> (s, t) of x1
 
-    def _st(self, net: ConditionalSubnet, u: Tensor, hc: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = net(u, hc).chunk(2, dim=1)
+    def _st(self, net: ConditionalSubnet, u: Tensor, hc: Tensor, work=None) -> tuple[Tensor, Tensor]:
+        s, t = net(u, hc, work).chunk(2, dim=1)
         return self.alpha * torch.tanh(s / self.alpha), t
+
+    def project(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """The two subnets' condition terms ``(hc1, hc2)``, each ``(B, hidden)``, for ``cond`` ``(B, C)``."""
+        return self.net1.project(cond), self.net2.project(cond)
 
     def forward(self, x_or_z, c=None, rev: bool = False, jac: bool = True):
         x, cond = x_or_z[0], c[0]
         N, B = x.shape[0], cond.shape[0]
         if N % B != 0:
             raise ValueError(f"ConditionalAffineCoupling: {N} input rows cannot be split among {B} conditions")
-        hc1, hc2 = self.net1.project(cond), self.net2.project(cond)
+        hc1, hc2 = self.project(cond)
+        if rev and not jac:
+            return (self.inverse_projected(x, hc1, hc2),), torch.zeros((), dtype=x.dtype, device=x.device)
         u1, u2 = x[:, : self.d1], x[:, self.d1 :]
         if not rev:
             s1, t1 = self._st(self.net1, u1, hc1)
@@ -229,6 +245,16 @@ class ConditionalAffineCoupling(Fm.InvertibleModule):
             sign = -1.0
         log_det = sign * (s1.sum(1) + s2.sum(1)) if jac else torch.zeros((), dtype=x.dtype, device=x.device)
         return (torch.cat([v1, v2], 1),), log_det
+
+    def inverse_projected(self, x: Tensor, hc1: Tensor, hc2: Tensor, work=None) -> Tensor:
+        """The inverse map ``(N, dim)`` without log-determinant, from precomputed condition terms
+        (:meth:`project`); ``work`` as in :meth:`ConditionalSubnet.forward`."""
+        u1, u2 = x[:, : self.d1], x[:, self.d1 :]
+        s2, t2 = self._st(self.net2, u2, hc2, work)
+        v1 = (u1 - t2) * torch.exp(-s2)
+        s1, t1 = self._st(self.net1, v1, hc1, work)
+        v2 = (u2 - t1) * torch.exp(-s1)
+        return torch.cat([v1, v2], 1)
 
     def output_dims(self, input_dims):
         return input_dims
@@ -317,11 +343,23 @@ class ConditionalSplineCoupling(Fm.InvertibleModule):
         self.net1 = ConditionalSubnet(self.d1, cond_dim, per * self.d2, config)  # x1 -> spline of x2
         self.net2 = ConditionalSubnet(self.d2, cond_dim, per * self.d1, config)  # v2 -> spline of x1
 
-    def _spline(self, net: ConditionalSubnet, u: Tensor, hc: Tensor, v: Tensor, inverse: bool):
+    def _spline(self, net: ConditionalSubnet, u: Tensor, hc: Tensor, v: Tensor, inverse: bool, work=None):
         K = self.bins
-        p = net(u, hc).view(u.shape[0], v.shape[1], 3 * K - 1)
+        p = net(u, hc, work).view(u.shape[0], v.shape[1], 3 * K - 1)
         out, logdet = rq_spline(v, p[..., :K], p[..., K:2 * K], p[..., 2 * K:], self.bound, inverse=inverse)
         return out, logdet.sum(1)
+
+    def project(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """The two subnets' condition terms ``(hc1, hc2)``, each ``(B, hidden)``, for ``cond`` ``(B, C)``."""
+        return self.net1.project(cond), self.net2.project(cond)
+
+    def inverse_projected(self, x: Tensor, hc1: Tensor, hc2: Tensor, work=None) -> Tensor:
+        """The inverse map ``(N, dim)`` without log-determinant, from precomputed condition terms
+        (:meth:`project`); ``work`` as in :meth:`ConditionalSubnet.forward`."""
+        u1, u2 = x[:, : self.d1], x[:, self.d1 :]
+        v1, _ = self._spline(self.net2, u2, hc2, u1, True, work)
+        v2, _ = self._spline(self.net1, v1, hc1, u2, True, work)
+        return torch.cat([v1, v2], 1)
 
     def forward(self, x_or_z, c=None, rev: bool = False, jac: bool = True):
         x, cond = x_or_z[0], c[0]
@@ -404,3 +442,34 @@ class CouplingFlow(nn.Module):
     def inverse(self, z: Tensor, c: Tensor | None = None, *, jac: bool = True) -> tuple[Tensor, Tensor]:
         x, log_det = self.inn(z, c=self._cond(z, c), rev=True, jac=jac)
         return x, log_det
+
+    def sample_inverse(self, z: Tensor, c: Tensor) -> Tensor:
+        """``inverse(z, c, jac=False)[0]``, bit for bit, by the fast path used for sampling.
+
+        The condition terms of every block are computed once, FrEIA's per-module bookkeeping (a zero log-determinant
+        accumulated per module, a subtraction of a zero offset per rotation) is skipped, and the subnets write their
+        hidden activations into two ``(N, hidden)`` buffers allocated once. The rows are not split into smaller
+        blocks: elementwise kernels treat the last few elements of a tensor with scalar code and BLAS switches
+        kernels for a handful of rows, so a split would change the last bits of some samples. Without a condition,
+        in training mode or with autograd recording, this is ``inverse`` itself.
+
+        Args:
+            z: latent rows ``(N, dim)``.
+            c: conditions ``(N, cond_dim)`` or ``(B, cond_dim)`` with ``B | N`` (rows laid out ``(n, B)``).
+
+        Returns:
+            ``(N, dim)``.
+        """
+        if self.cond_dim == 0 or self.training or torch.is_grad_enabled():
+            return self.inverse(z, c, jac=False)[0]
+        cond = self._cond(z, c)[0]
+        work = (z.new_empty(z.shape[0], self.config.hidden), z.new_empty(z.shape[0], self.config.hidden))
+        x = z
+        for module in reversed(self.inn.module_list):
+            if hasattr(module, "inverse_projected"):
+                x = module.inverse_projected(x, *module.project(cond), work)
+            elif isinstance(module, Fm.FixedLinearTransform):  # FrEIA's (x - b) @ M^-1; b is 0. for ours
+                x = (x - module.b if isinstance(module.b, Tensor) else x).mm(module.M_inv)
+            else:
+                x = module((x,), c=[cond], rev=True, jac=False)[0][0]
+        return x

@@ -283,6 +283,10 @@ class Posterior(nn.Module):
         return self._sample(n, Y, sizes, gen, max_rows=max_rows, show_progress=show_progress, out=out)
 
     def _sample(self, n, Y, sizes, gen, *, max_rows, show_progress, out=None) -> Tensor:
+        """Fill ``out`` ``(n, B, D)`` chunk by chunk. The loop runs under ``torch.inference_mode`` into a tensor
+        allocated outside it, so callers get an ordinary tensor (one they may modify in place or differentiate
+        through later); finiteness is accumulated on the device and checked once, after the loop (a check per
+        chunk would wait for the device every chunk)."""
         B = Y.shape[0]
         if out is None:
             out = torch.empty(n, B, self.param_dim, device=self.device)
@@ -292,23 +296,26 @@ class Posterior(nn.Module):
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in tqdm(starts, disable=not show_progress, desc="sampling", unit="chunk"):
-                stop = min(B, start + obs_per_chunk)
-                c = self.model.condition(Y[start:stop], None if sizes is None else sizes[start:stop])
-                for s0 in range(0, n, sample_chunk):
-                    s1 = min(n, s0 + sample_chunk)
-                    draw = self.model.sample_given(c, s1 - s0, gen)
-                    if not torch.isfinite(draw).all():
-                        self._refuse_nonfinite(draw, start)
-                    out[s0:s1, start:stop] = draw.to(out.device)
+            with torch.inference_mode():
+                finite = torch.ones((), dtype=torch.bool, device=self.device)
+                for start in tqdm(starts, disable=not show_progress, desc="sampling", unit="chunk"):
+                    stop = min(B, start + obs_per_chunk)
+                    c = self.model.condition(Y[start:stop], None if sizes is None else sizes[start:stop])
+                    for s0 in range(0, n, sample_chunk):
+                        s1 = min(n, s0 + sample_chunk)
+                        draw = self.model.sample_given(c, s1 - s0, gen)
+                        finite &= torch.isfinite(draw).all()
+                        out[s0:s1, start:stop].copy_(draw)
+                if not finite:
+                    self._refuse_nonfinite(out)
         finally:
             self.model.train(was_training)
         return out
 
-    def _refuse_nonfinite(self, draw: Tensor, first_row: int) -> None:
-        """A sample that is not a finite number is never returned: say which observations, and whether the weights
-        are to blame."""
-        rows = (~torch.isfinite(draw)).any(-1).any(0).nonzero().flatten()[:5] + first_row
+    def _refuse_nonfinite(self, samples: Tensor) -> None:
+        """A sample that is not a finite number is never returned: say which observations of ``samples``
+        ``(n, B, D)``, and whether the weights are to blame."""
+        rows = (~torch.isfinite(samples)).any(-1).any(0).nonzero().flatten()[:5]
         bad = nonfinite_weights(self.model.state_dict())
         cause = (f"the model's weights hold NaN or inf ({', '.join(bad[:3])}): a diverged training run or a damaged "
                  "file; retrain (e.g. with a lower learning rate)" if bad else
