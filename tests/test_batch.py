@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Uniform
 
-from sbi_inn import FitConfig, FlowConfig, SeedTree, fit_posterior, load_posterior, simulate_to_hdf5
+from sbi_inn import FitConfig, FlowConfig, SeedTree, fit_posterior, load_hdf5, load_posterior, simulate_to_hdf5
 from sbi_inn import batch as batch_module
 from sbi_inn.batch import MAX_ROWS, model_hash, posterior_maps, read_inference, sample_to_hdf5, summarise
 from sbi_inn.cli import main
@@ -114,8 +114,6 @@ def test_chunks_equal_sample_batched_with_the_documented_seeds(files, tmp_path):
 
 def test_simulation_file_rows_and_raw_samples(files, tmp_path):
     post, n, seed = files["posterior"], 10, 0
-    from sbi_inn import load_hdf5
-
     y = load_hdf5(files["sims"])["y"]
     want = torch.cat([post.sample_batched((n,), y[a:a + 10], seed=SeedTree(seed).seed("inference", k),
                                           max_rows=MAX_ROWS) for k, a in enumerate(range(0, 23, 10))], 1)
@@ -351,3 +349,50 @@ def test_cli_sample_observations_on_a_dask_scheduler(files, tmp_path, client):
     ref = tmp_path / "ref.h5"
     posterior_maps(files["model"], files["image"], ref, num_samples=6, chunk_rows=9, show_progress=False)
     assert datasets(out) == datasets(ref)
+
+
+def test_a_second_writer_is_refused(files, tmp_path):
+    from sbi_inn.locking import OutputLockedError, exclusive_lock
+
+    out = tmp_path / "m.h5"
+    with exclusive_lock(out), pytest.raises(OutputLockedError, match="inference output"):
+        posterior_maps(files["model"], files["image"], out, num_samples=4, show_progress=False)
+    assert not out.exists()
+
+
+def test_outside_training_warns_once_for_all_chunks(files, tmp_path):
+    from sbi_inn.posterior import OutsideTrainingWarning
+
+    image = write_observation_image(tmp_path / "far.h5", np.full((3, 4, M), 50.0, np.float32))
+    with pytest.warns(OutsideTrainingWarning) as record:
+        posterior_maps(files["model"], image, tmp_path / "m.h5", num_samples=4, chunk_rows=2, show_progress=False)
+    outside = [w for w in record if issubclass(w.category, OutsideTrainingWarning)]
+    assert len(outside) == 1 and "and in 5 more of the 6 chunks" in str(outside[0].message)
+
+
+def test_set_valued_simulation_file(files, tmp_path):
+    from sbi_inn.cinn import ConditionalINN
+    from sbi_inn.posterior import Posterior
+    from simulators import get_simulator
+
+    torch.manual_seed(0)
+    model = ConditionalINN(2, (1,), is_set_valued=True, flow=FlowConfig(num_blocks=2, hidden=8), summary_dim=4,
+                           summary_hidden=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    path = Posterior(model, param_names=["mu", "sigma2"], obs_shape=(1,), is_set_valued=True).save(tmp_path / "s.sbi")
+    post = load_posterior(path, device="cpu")
+    sims = tmp_path / "sets.h5"
+    simulate_to_hdf5(get_simulator("gaussian_sets", min_size=1, max_size=5), None, 13, sims, show_progress=False)
+    data = load_hdf5(sims)
+    want = torch.cat([post.sample_batched((6,), data["y"][a:a + 5], sizes=data["sizes"][a:a + 5],
+                                          seed=SeedTree(2).seed("inference", k), max_rows=MAX_ROWS)
+                      for k, a in enumerate(range(0, 13, 5))], 1)
+    sample_to_hdf5(path, sims, tmp_path / "out.h5", num_samples=6, seed=2, chunk_rows=5, show_progress=False)
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert np.array_equal(f["samples"][()], want.numpy())
+    with pytest.raises(ValueError, match="is set-valued but the posterior is not"):
+        sample_to_hdf5(files["model"], sims, tmp_path / "o2.h5", num_samples=2, show_progress=False)
+    with pytest.raises(ValueError, match="image of vector pixels, but the posterior takes sets"):
+        sample_to_hdf5(path, files["image"], tmp_path / "o2.h5", num_samples=2, show_progress=False)
