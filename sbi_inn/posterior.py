@@ -424,6 +424,19 @@ def _check_header(header, state, path) -> None:
         if not isinstance(header[key], kind):
             raise ValueError(f"{path}: header field {key!r} must be a JSON {kind.__name__}, got {header[key]!r}")
     model = header["model"]
+    if model.get("type") != "mixture":
+        _check_model(model, state, path)
+        return
+    members = model.get("members")  # an ensemble (sbi_inn.ensemble): each member against its own weights
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise ValueError(f"{path}: header field model.members must be a non-empty list of model configurations")
+    for k, member in enumerate(members):
+        prefix = f"members.{k}."
+        _check_model(member, {n[len(prefix):]: t for n, t in state.items() if n.startswith(prefix)}, path)
+
+
+def _check_model(model: dict, state, path) -> None:
+    """The bounds of one cINN or INN configuration against its weights ``state``."""
     bounds = HeaderBounds(path, state)
     if "flow" not in model or not isinstance(model["flow"], dict):
         raise ValueError(f"{path}: the posterior header lacks 'model.flow'")
@@ -449,8 +462,12 @@ def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Modu
     """Rebuild an untrained model from its JSON configuration (``config["type"]`` picks the class); ``summary`` is
     the user's summary module for a cINN trained with a custom one."""
     kind = config.get("type")
+    if kind == "mixture":  # imported here: sbi_inn.ensemble builds on this module
+        from sbi_inn.ensemble import MixtureModel
+
+        return MixtureModel.from_config(config, summary=summary)
     if kind not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {kind!r}; known: {sorted(MODEL_TYPES)}")
+        raise ValueError(f"unknown model type {kind!r}; known: {sorted([*MODEL_TYPES, 'mixture'])}")
     cls = MODEL_TYPES[kind]
     if summary is None:
         return cls.from_config(config)

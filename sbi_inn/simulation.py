@@ -31,6 +31,7 @@ stream             spawn key                     what it seeds
 ``resimulation``   ``(2**32 + 7, i)``            chunk ``i`` of a re-simulation diagnostic
 ``rejection``      ``(2**32 + 8, i)``            chunk ``i`` of exact rejection sampling (``reference``)
 ``inference``      ``(2**32 + 9, k)``            chunk ``k`` of posterior samples over a file (``sbi_inn.batch``)
+``ensemble``       ``(2**32 + 10, k)``           the seed tree of ensemble member ``k >= 1`` (``sbi_inn.ensemble``)
 =================  ============================  ===================================================================
 
 Chunk ``i`` of a stream draws its prior and simulator seeds as ``generate_state(2, uint64)`` of its sequence,
@@ -65,7 +66,8 @@ from sbi_inn.priors import prior_for
 
 _NAMED = 2**32  # named streams are the root's children from here on; simulation chunks use the indices below it
 STREAMS = {"simulation": None, "pilot": 1, "split": 2, "init": 3, "train": 4, "fresh": 5, "abc": 6,
-           "resimulation": 7, "rejection": 8, "inference": 9}
+           "resimulation": 7, "rejection": 8, "inference": 9,
+           "ensemble": 10}
 
 
 def check_seed(seed) -> int:
