@@ -6,11 +6,11 @@
 - ``RegressorConfig()`` (the default) is the classical point-estimate network: squared loss, no dropout, the
   "NN" baseline of thesis sec. 4.2.3 (the state of the art of Wirkert et al. 2017 it refers to);
 - ``RegressorConfig(dropout=0.2, heteroscedastic=True)`` is the network of Kendall & Gal (2017) used in the thesis'
-  "NN (+Dropout)" row: dropout before every hidden layer, kept on at test time (MC dropout, the epistemic part), and
-  a second head predicting a log-variance ``s`` per parameter trained with the Gaussian negative log-likelihood
-  ``0.5 (exp(-s) (x - mu)^2 + s)`` (the aleatoric part, Kendall & Gal eq. 8). ``sample_batched`` then draws
-  ``x = mu_t + exp(s_t / 2) eps`` with a fresh dropout mask ``t`` per sample: a mean-field (per-parameter
-  independent, given the mask) approximation of the posterior.
+  "NN (+Dropout)" row: dropout on the input of every hidden layer after the first, kept on at test time (MC
+  dropout, the epistemic part), and a second head predicting a log-variance ``s`` per parameter trained with the
+  Gaussian negative log-likelihood ``0.5 (exp(-s) (x - mu)^2 + s)`` (the aleatoric part, Kendall & Gal eq. 8).
+  ``sample_batched`` then draws ``x = mu_t + exp(s_t / 2) eps`` with a fresh dropout mask ``t`` per sample: a
+  mean-field (per-parameter independent, given the mask) approximation of the posterior.
 
 Dropout masks are drawn from explicit generators (training and sampling are seeded, the global RNG is untouched).
 
