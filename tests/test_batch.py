@@ -159,6 +159,23 @@ def test_interrupted_run_resumes_to_identical_content(files, tmp_path, monkeypat
     assert again["num_new_chunks"] == 0 and datasets(part) == datasets(full)
 
 
+def test_a_chunk_written_but_not_committed_is_recomputed(files, tmp_path):
+    """Killed between a chunk's data and its done flag: the chunk's rows hold whatever was written, and a resume
+    writes them again."""
+    kwargs = dict(num_samples=8, seed=6, chunk_rows=10, show_progress=False)
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    posterior_maps(files["model"], files["image"], full, **kwargs)
+    posterior_maps(files["model"], files["image"], part, **kwargs)
+    with h5py.File(part, "r+") as f:
+        f["done"][1] = 0
+        f["mean"][1:3] = -7.0  # rows 1-2 (pixels 7-20) are garbage: chunk 1 is pixels 10-19
+    out = posterior_maps(files["model"], files["image"], part, **kwargs)
+    assert out["num_new_chunks"] == 1
+    with h5py.File(part) as f, h5py.File(full) as g:
+        assert np.array_equal(f["mean"][()].reshape(-1, 2)[10:20], g["mean"][()].reshape(-1, 2)[10:20])
+        assert (f["mean"][()].reshape(-1, 2)[[7, 8, 9, 20]] == -7.0).all()  # committed rows are never rewritten
+
+
 @pytest.mark.parametrize("change, field", [({"seed": 5}, "seed"), ({"num_samples": 13}, "num_samples"),
                                            ({"chunk_rows": 7}, "chunk_rows"), ({"quantiles": (0.2,)}, "quantiles"),
                                            ({"on_nan": "mask"}, "on_nan")])

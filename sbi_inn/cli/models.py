@@ -111,7 +111,10 @@ def _add_sample(subcommands) -> None:
         description="Draw N posterior samples for each observation in OBS with a trained posterior and write "
                     "them to OUT, chosen by its suffix: .npy (array (N, B, D)), .h5 (dataset `samples` (N, B, D) "
                     "with attribute `param_names`) or .csv (long format: an `observation` column, then one "
-                    "column per parameter).")
+                    "column per parameter). With --observations instead of --obs, the observations are read and "
+                    "inferred chunk by chunk, locally or on Dask (--workers, --scheduler), and OUT is an HDF5 file "
+                    "of per-observation summaries, maps (H, W, D) for an image, or of raw samples (--raw-samples); "
+                    "re-running the same command resumes an interrupted run (sbi_inn.batch).")
     p.add_argument("model", metavar="MODEL.sbi", help="posterior written by `sbi-inn train`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--obs", metavar="OBS",
