@@ -189,6 +189,7 @@ def iterate_batches(data, batch_size: int, generator: torch.Generator | None, *,
     """
     n = _num_rows(data)
     batches = epoch_batches(n, batch_size, generator, shuffle=shuffle, rank=rank, world_size=world_size)
+    batches = [b for b in batches if len(b)]  # a rank's shard of fewer rows than ranks (validation) may be empty
     if isinstance(data, (tuple, list)):
         for idx in batches:
             yield tuple(t[idx.to(t.device)] for t in data)
@@ -441,8 +442,6 @@ def _evaluate(model, loss_fn, data, config, device, noise, epoch, distributed=No
     rank, world = (0, 1) if distributed is None else (distributed.rank, distributed.world_size)
     for i, batch in enumerate(iterate_batches(data, size, None, shuffle=False, num_workers=config.num_workers,
                                               rank=rank, world_size=world)):
-        if batch[0].shape[0] == 0:  # fewer validation rows than ranks
-            continue
         batch = tuple(t.to(device) for t in batch)
         loss, _ = loss_fn(model, batch, Step(epoch, i, nb, noise))
         if loss.ndim == 1:

@@ -233,3 +233,27 @@ def test_command_without_torchrun_says_how_to_launch(capsys, monkeypatch, tmp_pa
         monkeypatch.delenv(k, raising=False)
     assert main([str(tmp_path / "sims.h5"), "-o", str(tmp_path / "m.sbi")]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cinn", "inn"])
+def test_torchrun_launch_trains_both_methods(tmp_path, method):
+    """The documented launch, ``torchrun --nproc_per_node 2 -m sbi_inn.ddp``, end to end (a minute or so: three
+    processes import torch)."""
+    import subprocess
+    import sys
+
+    simulate_to_hdf5(_simulate, BoxUniform(torch.zeros(2), torch.ones(2)), 600, tmp_path / "sims.h5", seed=0,
+                     show_progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "sbi_inn.ddp", str(tmp_path / "sims.h5"), "-o", str(tmp_path / "m.sbi"),
+           "--epochs", "2", "--batch-size", "100", "--method", method, "--checkpoint-dir", str(tmp_path / "ck"),
+           "--timeout", "60"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 gloo processes" in done.stdout and "saved to" in done.stdout
+    post = load_posterior(tmp_path / "m.sbi", device="cpu")
+    assert post.metadata["distributed"]["world_size"] == 2 and post.metadata["method"] == method
+    assert torch.isfinite(post.sample((50,), torch.tensor([0.5, 0.5]), seed=0)).all()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode != 0 and "exists; pass --force" in again.stderr
