@@ -358,7 +358,8 @@ def _row_seeds(generator: torch.Generator | None, B: int) -> list[int]:
     """``B`` seeds drawn one after another from ``generator`` (fresh randomness when ``None``).
 
     One draw per row keeps the stream independent of how rows are chunked: torch's CPU ``randint`` is sequential,
-    but CUDA draws depend on the tensor size, so on CUDA every seed is its own call.
+    but CUDA draws depend on the tensor size, so on CUDA every seed is its own call; the ``B`` seeds are then read
+    back in one transfer (one wait for the device per chunk, not one per row).
     """
     if generator is None:
         generator = torch.Generator()
@@ -366,4 +367,4 @@ def _row_seeds(generator: torch.Generator | None, B: int) -> list[int]:
     dev = generator.device
     if dev.type == "cpu":
         return torch.randint(0, 2**62, (B,), generator=generator).tolist()
-    return [int(torch.randint(0, 2**62, (1,), generator=generator, device=dev)) for _ in range(B)]
+    return torch.cat([torch.randint(0, 2**62, (1,), generator=generator, device=dev) for _ in range(B)]).tolist()

@@ -255,3 +255,41 @@ def test_silent_wrong_results_are_refused(posterior):
     out = torch.zeros(4, 1, 2, dtype=torch.float64)
     assert posterior.sample_batched((4,), Y_OBS[None].round().long(), out=out, seed=0) is out
     assert torch.isfinite(out).all() and (out != 0).all()
+
+
+def test_samples_are_ordinary_tensors(posterior):
+    """Sampling runs under inference_mode, but what it returns can be modified in place and differentiated."""
+    s = posterior.sample((5,), Y_OBS, seed=0)
+    b = posterior.sample_batched((5,), Y_OBS[None], seed=0)
+    assert not s.is_inference() and not b.is_inference()
+    before = s.clone()
+    s.add_(1.0)
+    torch.testing.assert_close(s, before + 1.0)
+    b.requires_grad_(True)  # refused for an inference tensor
+    (b**2).sum().backward()
+    torch.testing.assert_close(b.grad, 2 * b.detach())
+
+
+class _CubingModel(torch.nn.Module):
+    """A stand-in model whose samples are c^3 plus noise: an observation of 1e20 overflows to inf."""
+
+    param_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def condition(self, y, sizes=None):
+        return y * self.w
+
+    def sample_given(self, c, n, generator=None):
+        return c[None] ** 3 + torch.randn(n, c.shape[0], 2, generator=generator)
+
+
+def test_nonfinite_draws_are_refused_naming_their_observations_across_chunks():
+    post = Posterior(_CubingModel(), param_names=["a", "b"], obs_shape=(2,))
+    Y = torch.zeros(9, 2)
+    Y[6, 1] = Y[8, 0] = 1e20  # in the third and last chunks of 3 observations (max_rows=30 / 10 samples)
+    with pytest.raises(FloatingPointError, match=r"observation rows \[6, 8\]"):
+        post.sample_batched((10,), Y, max_rows=30, seed=0)
+    assert torch.isfinite(post.sample_batched((10,), Y[:6], max_rows=30, seed=0)).all()
