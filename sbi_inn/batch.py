@@ -117,7 +117,8 @@ def posterior_maps(posterior: Posterior | str | os.PathLike, observations: str |
         seed: non-negative integer; chunk ``k`` is sampled with ``SeedTree(seed).seed("inference", k)``.
         quantiles: extra quantile levels in ``(0, 1)`` for the ``quantiles`` dataset ``(Q, H, W, D)``.
         point: the point estimate, ``"median"`` or ``"mean_shift"``.
-        chunk_rows: observations per chunk (the unit of seeding, resumption and work per task).
+        chunk_rows: observations per chunk (the unit of seeding, resumption and work per task); a chunk in flight
+            takes about ``20 * chunk_rows * num_samples * D`` bytes.
         on_nan: ``"raise"`` refuses NaN/inf observations naming them; ``"mask"`` skips and masks them.
         overwrite: replace an existing ``output`` instead of resuming it or refusing.
         client, workers, scheduler: run the chunks on Dask: a ``distributed.Client``, or the number of local
@@ -569,8 +570,8 @@ def _open_or_create(out: Path, header: dict, inp: _Input, valid: np.ndarray, d: 
                              tuple(json.loads(header["quantiles"])), header["point_estimate"], header["on_nan"])
         for name, shape in _layout(settings, d).items():
             full = (*shape[:-2], *_row_shape(inp, header["kind"]), d)
-            ds = f.create_dataset(name, shape=full, dtype=np.float32, fillvalue=np.nan, chunks=_chunks(full),
-                                  **_COMPRESSION)
+            ds = f.create_dataset(name, shape=full, dtype=np.float32, fillvalue=np.nan,
+                                  chunks=_chunks(full, len(shape) - 2), **_COMPRESSION)
             if name == "quantiles":
                 ds.attrs["levels"] = json.dumps(settings.quantiles)
             if name == "width68":
@@ -621,10 +622,13 @@ def _write_rows(ds: h5py.Dataset, a: int, b: int, values: np.ndarray, width: int
         p, i = p + step, i + step
 
 
-def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """HDF5 chunks of about 1 MiB, cut along the observation axes first."""
+def _chunks(shape: tuple[int, ...], lead: int) -> tuple[int, ...]:
+    """HDF5 chunks of about 1 MiB for a dataset ``(lead axes..., observation axes..., D)``: cut along the
+    observation axes first (rows of an image before its columns), so writing one engine chunk of consecutive
+    observations touches few HDF5 chunks; then along the leading axes (samples, quantile levels); never along D."""
     chunks = list(shape)
-    for axis in range(len(shape) - 1):  # never split the parameter axis
+    order = [*range(lead, len(shape) - 1), *range(lead)]
+    for axis in order:
         size = 4 * math.prod(chunks)
         if size <= _CHUNK_BYTES:
             break

@@ -413,3 +413,15 @@ def test_set_valued_simulation_file(files, tmp_path):
         sample_to_hdf5(files["model"], sims, tmp_path / "o2.h5", num_samples=2, show_progress=False)
     with pytest.raises(ValueError, match="image of vector pixels, but the posterior takes sets"):
         sample_to_hdf5(path, files["image"], tmp_path / "o2.h5", num_samples=2, show_progress=False)
+
+
+def test_output_chunks_follow_the_observations():
+    """HDF5 chunks of ~1 MiB cut along the observations first: an engine chunk of consecutive observations touches
+    a few HDF5 chunks, not every one (raw samples cut along the draws would be rewritten whole per engine chunk)."""
+    from sbi_inn.batch import _chunks
+
+    assert _chunks((256, 147456, 4), 1) == (256, 256, 4)
+    assert _chunks((384, 384, 4), 0) == (170, 384, 4)
+    assert _chunks((3, 384, 384, 4), 1) == (3, 56, 384, 4)
+    assert _chunks((100_000, 1000, 4), 1) == (65536, 1, 4)
+    assert _chunks((7, 5, 2), 1) == (7, 5, 2)
