@@ -23,12 +23,16 @@ Vessels and hypoxia act on every layer alike. All values are clipped to lie stri
 box (a margin of ``1e-3`` of each prior width), so a posterior trained on that prior covers every pixel.
 
 Seeds (the package's seed tree, ``sbi_inn.simulation.SeedTree``): the pixels are simulated in row-major chunks of
-``chunk_pixels`` (default ``CHUNK_PIXELS``) pixels as the ``simulation`` stream of ``seed``: chunk ``k`` is
-simulated by ``sbi_inn.simulation.Simulation`` with the simulator seed of ``SeedTree(seed).chunk_seeds(k)``, i.e.
-``simulator.simulate(x_k, generator=torch.Generator().manual_seed(SeedTree(seed).chunk_seeds(k)[1]))`` for the
-chunk's truth rows ``x_k`` (float32), exactly what ``simulate_to_hdf5`` would draw for those parameters. The maps
-take the place of prior draws and are drawn from the prior seed of chunk 0 (``SeedTree(seed).chunk_seeds(0)[0]``):
-its first numpy child stream lays out vessels and hypoxic region, its second draws the background fields.
+``chunk_pixels`` (default ``CHUNK_PIXELS``) pixels on the image's own branch of the ``simulation`` stream of
+``seed``: chunk ``k`` is simulated by ``sbi_inn.simulation.Simulation`` with the simulator seed of
+``SeedTree(seed).chunk_seeds(k, "simulation", IMAGE_BRANCH)``, i.e.
+``simulator.simulate(x_k, generator=torch.Generator().manual_seed(seeds[1]))`` for the chunk's truth rows ``x_k``
+(float32). The branch (spawn key ``(IMAGE_BRANCH, k)``, beside the training chunks' ``(k,)``) keeps an image and a
+training set of the same ``seed`` from sharing noise. The maps take the place of prior draws and are drawn from the
+prior seed of chunk 0 of the branch (``chunk_seeds(0, "simulation", IMAGE_BRANCH)[0]``): its first numpy child
+stream lays out vessels and hypoxic region, its second draws the background fields. :func:`make_prior_image`
+(pixels drawn independently from the prior, a control for calibration) uses the branch ``PRIOR_IMAGE_BRANCH``
+the same way, drawing chunk ``k``'s parameters from its prior seed.
 
 Example:
     >>> maps = tissue_parameter_maps(16, 24, seed=0)
@@ -61,6 +65,8 @@ VESSELS = {"artery": {"count": 2, "sO2": 0.97, "v_hb": 0.25, "radius": 0.010},
            "vein": {"count": 2, "sO2": 0.60, "v_hb": 0.22, "radius": 0.014}}
 PRIOR_MARGIN = 1e-3           # values stay this fraction of the prior width inside its bounds
 CHUNK_PIXELS = 16384          # pixels per simulated chunk (the seed of chunk k depends on it; recorded in the file)
+IMAGE_BRANCH = 2**31          # the image's branch of the simulation stream (spawn keys (IMAGE_BRANCH, k))
+PRIOR_IMAGE_BRANCH = 2**31 + 1  # the branch of make_prior_image
 MIN_SIDE = 4
 
 
@@ -105,7 +111,7 @@ def _check_simulator(simulator: TissueSpectra | None) -> TissueSpectra:
 
 def _map_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """The layout and background generators (module docstring: the prior seed of simulation chunk 0)."""
-    base = np.random.SeedSequence(SeedTree(seed).chunk_seeds(0)[0])
+    base = np.random.SeedSequence(SeedTree(seed).chunk_seeds(0, "simulation", IMAGE_BRANCH)[0])
     layout, background = base.spawn(2)
     return np.random.default_rng(layout), np.random.default_rng(background)
 
@@ -231,12 +237,17 @@ def tissue_parameter_maps(height: int = 512, width: int = 512, *, seed: int = 0,
     return torch.as_tensor(maps, dtype=torch.float32)
 
 
+def _check_chunk(chunk_pixels) -> int:
+    if isinstance(chunk_pixels, bool) or not isinstance(chunk_pixels, (int, np.integer)) or chunk_pixels < 1:
+        raise ValueError(f"tissue image: chunk_pixels must be a positive integer, got {chunk_pixels!r}")
+    return int(chunk_pixels)
+
+
 def simulate_pixels(simulator: TissueSpectra, truth: Tensor, *, seed: int = 0, chunk_pixels: int = CHUNK_PIXELS,
                     show_progress: bool = True) -> Tensor:
     """Camera intensities for every pixel of ``truth`` ``(H, W, D)``, shape ``(H, W, M)`` float32, simulated in
     row-major chunks of ``chunk_pixels`` seeded as in the module docstring."""
-    if isinstance(chunk_pixels, bool) or not isinstance(chunk_pixels, (int, np.integer)) or chunk_pixels < 1:
-        raise ValueError(f"tissue image: chunk_pixels must be a positive integer, got {chunk_pixels!r}")
+    chunk_pixels = _check_chunk(chunk_pixels)
     if truth.ndim != 3 or truth.shape[-1] != simulator.param_dim:
         raise ValueError(f"tissue image: truth must have shape (H, W, {simulator.param_dim}), got "
                          f"{tuple(truth.shape)}")
@@ -247,7 +258,7 @@ def simulate_pixels(simulator: TissueSpectra, truth: Tensor, *, seed: int = 0, c
     num_chunks = -(-x.shape[0] // chunk_pixels)
     for k in tqdm(range(num_chunks), disable=not show_progress, desc="simulating pixels", unit="chunk"):
         rows = slice(k * chunk_pixels, min((k + 1) * chunk_pixels, x.shape[0]))
-        chunk = sim.run(x[rows], tree.chunk_seeds(k)[1])
+        chunk = sim.run(x[rows], tree.chunk_seeds(k, "simulation", IMAGE_BRANCH)[1])
         if chunk.num_invalid:
             raise RuntimeError(f"tissue image: the simulator returned NaN or inf for {chunk.num_invalid} pixels of "
                                f"chunk {k}, e.g. for x = {chunk.example()}")
@@ -277,7 +288,7 @@ def make_tissue_image(path: str | Path, height: int = 512, width: int = 512, *, 
     path = Path(path)
     if path.exists() and not overwrite:  # checked before any work; the writer checks again
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    sim = _check_simulator(simulator)
+    sim, chunk_pixels = _check_simulator(simulator), _check_chunk(chunk_pixels)
     truth = tissue_parameter_maps(height, width, seed=seed, simulator=sim)
     y = simulate_pixels(sim, truth, seed=seed, chunk_pixels=chunk_pixels, show_progress=show_progress)
     attrs = {"simulator": sim.name, "simulator_config": sim.config(), "seed": int(seed),
@@ -285,4 +296,43 @@ def make_tissue_image(path: str | Path, height: int = 512, width: int = 512, *, 
              "layout": tissue_layout(height, width, seed=seed).description}
     write_observation_image(path, y.numpy(), truth=truth.numpy(), param_names=sim.param_names,
                             obs_names=sim.obs_names, attrs=attrs, overwrite=overwrite)
+    return path
+
+
+def make_prior_image(path: str | Path, height: int = 64, width: int = 64, *, seed: int = 0,
+                     simulator: TissueSpectra | None = None, overwrite: bool = False, show_progress: bool = True,
+                     chunk_pixels: int = CHUNK_PIXELS) -> Path:
+    """An image whose pixels have parameters drawn independently from the simulator's prior: a control, on which a
+    calibrated posterior's central 68 % intervals hold the truth for 68 % of the pixels (on the structured image
+    they need not: calibration holds on average over the prior, not for every set of parameters).
+
+    Chunk ``k`` of ``chunk_pixels`` row-major pixels is ``Simulation(simulator).chunk(seeds, n)`` with ``seeds =
+    SeedTree(seed).chunk_seeds(k, "simulation", PRIOR_IMAGE_BRANCH)``: its prior seed draws the parameters, its
+    simulator seed the noise. Written like :func:`make_tissue_image` (attrs without ``layout``, with ``"prior":
+    true``).
+
+    Returns:
+        the path written.
+    """
+    height, width = _check_size(height, width)
+    seed, chunk_pixels = check_seed(seed), _check_chunk(chunk_pixels)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    sim_ = _check_simulator(simulator)
+    sim, tree, n = Simulation(sim_), SeedTree(seed), height * width
+    xs, ys = [], []
+    for k in tqdm(range(-(-n // chunk_pixels)), disable=not show_progress, desc="simulating pixels", unit="chunk"):
+        size = min(chunk_pixels, n - k * chunk_pixels)
+        chunk = sim.chunk(tree.chunk_seeds(k, "simulation", PRIOR_IMAGE_BRANCH), size)
+        if chunk.num_invalid:
+            raise RuntimeError(f"tissue image: the simulator returned NaN or inf for {chunk.num_invalid} pixels of "
+                               f"chunk {k}, e.g. for x = {chunk.example()}")
+        xs.append(chunk.x)
+        ys.append(chunk.y)
+    attrs = {"simulator": sim_.name, "simulator_config": sim_.config(), "seed": seed, "chunk_pixels": chunk_pixels,
+             "generator": "simulators.tissue_image.make_prior_image", "prior": True}
+    write_observation_image(path, torch.cat(ys).reshape(height, width, -1).numpy(),
+                            truth=torch.cat(xs).reshape(height, width, -1).numpy(), param_names=sim_.param_names,
+                            obs_names=sim_.obs_names, attrs=attrs, overwrite=overwrite)
     return path

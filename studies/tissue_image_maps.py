@@ -11,7 +11,13 @@ posterior samples each, 256 by default) and score the maps against the ground tr
   interval ``[q16, q84]``: the fraction of pixels whose truth lies inside it (0.68 for a calibrated posterior;
   neighbouring pixels share their parameters, so this is not 512^2 independent trials);
 * for ``sO2``, the same split by region (background, hypoxic region, arteries, veins; from ``tissue_layout``);
-* as a yardstick, the median absolute error of always answering the prior mean.
+* as a yardstick, the median absolute error of always answering the prior mean;
+* a **control** for calibration: the same scores on a ``--control-size`` x ``--control-size`` image whose pixels
+  are independent prior draws (``make_prior_image``). Calibration holds on average over the prior, so there the
+  68 % coverage of a calibrated posterior is 0.68 (within about +-0.015 for 4096 pixels); on the structured image
+  it need not be, since its parameters are one fixed set concentrated in part of the prior box (the coverage of a
+  Bayesian interval at fixed parameters is not its credibility), least of all for the parameters the bands do not
+  determine.
 
 What to expect from the simulator (its module docstring): ``sO2`` is well determined by the 8 bands; one layer on a
 semi-infinite base shows ``v_hb`` and ``a_mie`` only through their ratio, so their maps are wide; ``g`` and ``d``
@@ -19,6 +25,7 @@ are not recoverable (``d`` of the only layer has no effect at all), so their pos
 
 Outputs (``--out``, default ``studies/results/tissue_image_maps``): ``tissue_spectra.sbi`` (the trained posterior,
 unless ``--posterior``), ``tissue_image.h5`` (image and truth), ``maps.h5`` (the engine's per-pixel maps),
+``prior_image.h5`` and ``prior_maps.h5`` (the control),
 ``tissue_image_maps.png`` (ground truth, posterior median, 68 % width and absolute error of ``sO2`` and ``v_hb``)
 and ``tissue_image_maps.json`` (every number above, settings, wall times, machine and load). A run refuses to start
 when any of these exist, unless ``--force``. Training runs a fixed number of epochs on fresh simulations each epoch
@@ -48,12 +55,13 @@ from sbi_inn import __version__, fit_posterior, load_posterior
 from sbi_inn.batch import posterior_maps
 from sbi_inn.images import read_observation_image
 from sbi_inn.priors import support_bounds
-from simulators.tissue_image import make_tissue_image, tissue_layout
+from simulators.tissue_image import make_prior_image, make_tissue_image, tissue_layout
 from simulators.tissue_spectra import TissueSpectra
 
 FIGURE_PARAMS = ("sO2", "v_hb")
 INTERVAL = (0.16, 0.84)       # the central 68 % interval whose coverage is scored
-RESULTS = ("tissue_spectra.sbi", "tissue_image.h5", "maps.h5", "tissue_image_maps.png", "tissue_image_maps.json")
+RESULTS = ("tissue_spectra.sbi", "tissue_image.h5", "maps.h5", "prior_image.h5", "prior_maps.h5",
+           "tissue_image_maps.png", "tissue_image_maps.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="studies/results/tissue_image_maps", help="output folder (%(default)s)")
     parser.add_argument("--posterior", default=None, help="a saved posterior to use instead of training one")
     parser.add_argument("--size", type=int, default=512, help="image height and width in pixels (%(default)s)")
+    parser.add_argument("--control-size", type=int, default=64,
+                        help="side of the control image of prior draws (%(default)s)")
     parser.add_argument("--num-samples", type=int, default=256, help="posterior samples per pixel (%(default)s)")
     parser.add_argument("--num-simulations", type=int, default=50_000,
                         help="training simulations per epoch, fresh every epoch (%(default)s)")
@@ -76,11 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.num_simulations, args.epochs, args.num_samples = 16, 1000, 2, 64
-    if (args.seed < 0 or args.size < 8 or args.num_samples < 8 or args.num_simulations < 100 or args.epochs < 1
-            or args.threads < 1 or (args.chunk_rows is not None and args.chunk_rows < 1)):
-        parser.error("need --seed >= 0, --size >= 8, --num-samples >= 8, --num-simulations >= 100, --epochs >= 1, "
-                     "--threads >= 1 and --chunk-rows >= 1")
+        args.size, args.num_simulations, args.epochs, args.num_samples, args.control_size = 16, 1000, 2, 64, 16
+    if (args.seed < 0 or args.size < 8 or args.control_size < 8 or args.num_samples < 8
+            or args.num_simulations < 100 or args.epochs < 1 or args.threads < 1
+            or (args.chunk_rows is not None and args.chunk_rows < 1)):
+        parser.error("need --seed >= 0, --size >= 8, --control-size >= 8, --num-samples >= 8, --num-simulations "
+                     ">= 100, --epochs >= 1, --threads >= 1 and --chunk-rows >= 1")
     if args.posterior is not None and not Path(args.posterior).is_file():
         parser.error(f"--posterior {args.posterior!r}: no such file")
     return args
@@ -103,18 +114,24 @@ def main(argv=None) -> dict:
         torch.set_num_threads(threads_before)
 
 
-def train(sim: TissueSpectra, args, path: Path) -> tuple[Path, dict]:
+def train(sim: TissueSpectra, args, path: Path) -> Path:
     """Fit the cINN for a fixed number of epochs on fresh simulations; save it to ``path``."""
     config = {"train": {"epochs": args.epochs, "patience": None}}
     posterior = fit_posterior(sim, sim.prior, num_simulations=args.num_simulations, seed=args.seed,
                               config=config, data_config={"fresh_simulations": True}, device=args.device,
                               show_progress=not args.quiet)
-    posterior.save(path, overwrite=True)  # --force was checked before any work
-    history = posterior.history
+    return posterior.save(path, overwrite=True)  # --force was checked before any work
+
+
+def training_summary(posterior) -> dict:
+    """How the posterior was trained, from its own record (so a ``--posterior`` reads the same as one made here)."""
+    meta, history = posterior.metadata, posterior.history
     best = min(history, key=lambda r: r.get("val_loss", np.inf))
-    return path, {"epochs_run": len(history), "best_epoch": int(best["epoch"]),
-                  "best_val_loss": float(best.get("val_loss", np.nan)),
-                  "final_train_loss": float(history[-1]["train_loss"])}
+    return {"method": meta.get("method"), "seed": meta.get("seed"), "epochs_run": len(history),
+            "best_epoch": int(best["epoch"]), "best_val_loss": float(best.get("val_loss", np.nan)),
+            "final_train_loss": float(history[-1]["train_loss"]), "train_seconds": meta.get("train_seconds"),
+            "train_config": _jsonable(meta.get("train_config")), "data_config": _jsonable(meta.get("data_config")),
+            "flow_config": _jsonable(meta.get("flow_config"))}
 
 
 def read_maps(path: Path, names: tuple[str, ...] = ("median", "mean", "point", "width68")) -> dict[str, np.ndarray]:
@@ -130,8 +147,9 @@ def read_maps(path: Path, names: tuple[str, ...] = ("median", "mean", "point", "
     return maps
 
 
-def score(maps: dict[str, np.ndarray], truth: np.ndarray, sim: TissueSpectra, layout) -> dict:
-    """Per-parameter errors, widths and 68 % coverage over all pixels; sO2 by region (module docstring)."""
+def score(maps: dict[str, np.ndarray], truth: np.ndarray, sim: TissueSpectra, layout=None) -> dict:
+    """Per-parameter errors, widths and 68 % coverage over all pixels; sO2 by region (module docstring) when given
+    the image's ``layout``."""
     lo, hi = (b.double().numpy() for b in support_bounds(sim.prior))
     q = maps["quantiles"]
     i16, i84 = (int(np.argmin(np.abs(maps["levels"] - v))) for v in INTERVAL)
@@ -150,6 +168,8 @@ def score(maps: dict[str, np.ndarray], truth: np.ndarray, sim: TissueSpectra, la
             "median_width68": float(np.median(maps["width68"][..., j])),
             "coverage68": float(inside[..., j].mean()),
         }
+    if layout is None:
+        return {"per_parameter": per}
     j = sim.param_names.index("sO2")
     err = np.abs(maps["median"][..., j] - truth[..., j])
     vessel = np.maximum(layout.artery.numpy(), layout.vein.numpy())
@@ -212,19 +232,19 @@ def run(args, out: Path) -> dict:
                                    overwrite=True, show_progress=show)
     seconds["image"] = time.perf_counter() - t0
 
-    training = None
     if args.posterior:
         print(f"[2/4] using the posterior {args.posterior}")
         model_path = Path(args.posterior)
     else:
         print(f"[2/4] training a cINN: {args.epochs} epochs of {args.num_simulations} fresh simulations")
         t0 = time.perf_counter()
-        model_path, training = train(sim, args, out / "tissue_spectra.sbi")
+        model_path = train(sim, args, out / "tissue_spectra.sbi")
         seconds["training"] = time.perf_counter() - t0
     posterior = load_posterior(model_path, device="cpu")
     if list(posterior.param_names) != sim.param_names or tuple(posterior.obs_shape) != (sim.obs_dim,):
         raise SystemExit(f"{model_path}: a posterior over {posterior.param_names} from observations "
                          f"{tuple(posterior.obs_shape)}; this study needs {sim.param_names} from ({sim.obs_dim},)")
+    training = training_summary(posterior)
 
     print(f"[3/4] posterior maps: {args.num_samples} samples for each of {args.size ** 2} pixels")
     options = {} if args.chunk_rows is None else {"chunk_rows": args.chunk_rows}
@@ -234,7 +254,15 @@ def run(args, out: Path) -> dict:
                             device=args.device, **options)
     seconds["maps"] = time.perf_counter() - t0
 
-    print("[4/4] scoring and figure")
+    print(f"[4/4] control: {args.control_size} x {args.control_size} pixels of prior draws; scores and figure")
+    t0 = time.perf_counter()
+    control_path = make_prior_image(out / "prior_image.h5", args.control_size, args.control_size, seed=args.seed,
+                                    simulator=sim, overwrite=True, show_progress=show)
+    posterior_maps(str(model_path), control_path, out / "prior_maps.h5", num_samples=args.num_samples,
+                   seed=args.seed, quantiles=INTERVAL, overwrite=True, show_progress=show, device=args.device,
+                   **options)
+    control = score(read_maps(out / "prior_maps.h5"), read_observation_image(control_path).truth, sim)
+    seconds["control"] = time.perf_counter() - t0
     image = read_observation_image(image_path)
     maps = read_maps(out / "maps.h5")
     layout = tissue_layout(args.size, args.size, seed=args.seed)
@@ -244,17 +272,23 @@ def run(args, out: Path) -> dict:
     so2 = scores["per_parameter"]["sO2"]
     headline = (f"sO2 map: median absolute error {so2['median_abs_error']:.4f} (prior mean: "
                 f"{so2['median_abs_error_of_prior_mean']:.3f}), 68 % interval coverage {so2['coverage68']:.3f} "
-                f"(calibrated: 0.68), median 68 % width {so2['median_width68']:.4f}")
+                f"(0.68 on prior draws if calibrated; there {control['per_parameter']['sO2']['coverage68']:.3f}), "
+                f"median 68 % width {so2['median_width68']:.4f}")
     summary = {
         "headline": headline,
         "problem": {"simulator": sim.name, "simulator_config": sim.config(), "thesis": "sec. 4.2.3, Fig. 4.9",
                     "image": {"height": args.size, "width": args.size, "seed": args.seed,
                               "layout": layout.description}},
-        "settings": {"num_samples": args.num_samples, "num_simulations_per_epoch": args.num_simulations,
-                     "epochs": args.epochs, "seed": args.seed, "quick": args.quick, "posterior": str(model_path),
-                     "trained_here": training is not None, "torch_threads": args.threads, "device": args.device,
+        "settings": {"num_samples": args.num_samples, "seed": args.seed, "quick": args.quick,
+                     "num_simulations_per_epoch": None if args.posterior else args.num_simulations,
+                     "epochs": None if args.posterior else args.epochs, "posterior": str(model_path),
+                     "trained_here": not args.posterior, "control_size": args.control_size,
+                     "torch_threads": args.threads, "device": args.device,
                      "interval": list(INTERVAL), "chunk_rows": args.chunk_rows},
         "scores": scores,
+        "control_prior_draws": {"pixels": args.control_size ** 2, **control,
+                                "meaning": "the same scores on independent prior draws, where a calibrated "
+                                           "posterior's coverage68 is 0.68"},
         "training": training,
         "engine": _jsonable(engine),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
@@ -264,15 +298,18 @@ def run(args, out: Path) -> dict:
                     "load_average_start": [round(v, 2) for v in load_start],
                     "load_average_end": [round(v, 2) for v in os.getloadavg()]},
         "outputs": {"image": str(image_path), "posterior": str(model_path), "maps": str(out / "maps.h5"),
+                    "control_image": str(control_path), "control_maps": str(out / "prior_maps.h5"),
                     "figure": str(out / "tissue_image_maps.png"), "summary": str(out / "tissue_image_maps.json")},
     }
     (out / "tissue_image_maps.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{headline}")
     for name, s in scores["per_parameter"].items():
         rel = 100 * s["median_abs_error_relative_to_prior_width"]
+        c = control["per_parameter"][name]
         print(f"  {name:6s} median |error| {s['median_abs_error']:.4g} ({rel:.1f} % of the prior width; prior "
-              f"mean {s['median_abs_error_of_prior_mean']:.4g}), coverage68 "
-              f"{s['coverage68']:.3f}, median width68 {s['median_width68']:.4g}")
+              f"mean {s['median_abs_error_of_prior_mean']:.4g}), coverage68 {s['coverage68']:.3f}, median width68 "
+              f"{s['median_width68']:.4g}; prior draws: coverage68 {c['coverage68']:.3f}, median |error| "
+              f"{c['median_abs_error']:.4g}")
     for name, r in scores["sO2_by_region"].items():
         if r["pixels"]:
             print(f"  sO2 {name:10s} {r['pixels']:7d} px: truth {r['truth_mean']:.3f}, estimate "

@@ -52,6 +52,12 @@ def test_quick_run_writes_sane_outputs(quick_run):
     assert all(0 <= s["coverage68"] <= 1 for s in data["scores"]["per_parameter"].values())
     assert data["seconds"]["maps"] > 0 and data["pixels_per_second"] > 0
     assert summary["headline"] == data["headline"]
+    control = data["control_prior_draws"]
+    assert control["pixels"] == 256 and set(control["per_parameter"]) == set(sim.param_names)
+    assert all(0 <= s["coverage68"] <= 1 for s in control["per_parameter"].values())
+    with h5py.File(out / "prior_maps.h5", "r") as f, h5py.File(out / "prior_image.h5", "r") as g:
+        err = np.abs(f["median"][()][..., 0] - g["truth"][()][..., 0])
+    assert control["per_parameter"]["sO2"]["median_abs_error"] == pytest.approx(float(np.median(err)))
 
 
 def test_a_second_run_refuses_then_reuses_the_posterior_with_the_same_maps(quick_run, tmp_path):

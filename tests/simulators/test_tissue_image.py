@@ -11,7 +11,10 @@ from sbi_inn.priors import support_bounds
 from simulators.tissue_image import (
     BACKGROUND,
     HYPOXIC_SO2,
+    IMAGE_BRANCH,
+    PRIOR_IMAGE_BRANCH,
     VESSELS,
+    make_prior_image,
     make_tissue_image,
     simulate_pixels,
     tissue_layout,
@@ -117,11 +120,38 @@ def test_pixels_are_the_simulator_output_under_the_seed_contract(image):
     tree = SeedTree(3)
     for k, start in enumerate(range(0, H * W, 300)):   # 4 chunks: 300, 300, 300, 124 pixels
         rows = slice(start, start + 300)
-        expected = sim.simulate(x[rows], generator=torch.Generator().manual_seed(tree.chunk_seeds(k)[1]))
+        seeds = tree.chunk_seeds(k, "simulation", IMAGE_BRANCH)
+        expected = sim.simulate(x[rows], generator=torch.Generator().manual_seed(seeds[1]))
         assert torch.equal(y[rows], expected), k
     # the noise is there (5 % log-normal): the pixels are not the noise-free intensities
     ratio = torch.log(y / sim.band_intensities(x))
     assert 0.04 < float(ratio.std()) < 0.06
+
+
+def test_image_noise_is_not_the_training_noise_of_the_same_seed(image):
+    # a training set of seed 3 simulates chunk 0 with SeedTree(3).chunk_seeds(0); the image has its own branch
+    img = read_observation_image(image)
+    sim = TissueSpectra()
+    x = torch.from_numpy(img.truth).reshape(-1, 6)[:300]
+    training_noise = sim.simulate(x, generator=torch.Generator().manual_seed(SeedTree(3).chunk_seeds(0)[1]))
+    assert not torch.equal(training_noise, torch.from_numpy(img.y).reshape(-1, 8)[:300])
+
+
+def test_prior_image_pixels_are_prior_draws_under_the_seed_contract(tmp_path):
+    from sbi_inn.simulation import Simulation
+
+    path = make_prior_image(tmp_path / "prior.h5", 20, 10, seed=2, chunk_pixels=64, show_progress=False)
+    img = read_observation_image(path)
+    x, y = torch.from_numpy(img.truth).reshape(-1, 6), torch.from_numpy(img.y).reshape(-1, 8)
+    sim, tree = Simulation(TissueSpectra()), SeedTree(2)
+    for k, start in enumerate(range(0, 200, 64)):
+        chunk = sim.chunk(tree.chunk_seeds(k, "simulation", PRIOR_IMAGE_BRANCH), min(64, 200 - start))
+        assert torch.equal(x[start:start + 64], chunk.x) and torch.equal(y[start:start + 64], chunk.y), k
+    lo, hi = support_bounds(TissueSpectra().prior)
+    # uniform prior draws: each parameter's mean within 4 standard errors of the box centre
+    se = (hi - lo) / (12 * 200) ** 0.5
+    assert ((x.mean(0) - (lo + hi) / 2).abs() < 4 * se).all()
+    assert img.info.attrs["prior"] is True and img.info.attrs["seed"] == 2
 
 
 def test_chunking_is_part_of_the_seed_and_is_recorded():
