@@ -359,6 +359,16 @@ def test_cli_sample_observations_end_to_end(files, tmp_path, capsys):
     assert np.load(tmp_path / "s.npy").shape == (5, 23, 2)
 
 
+def test_a_worker_that_sees_another_model_file_fails_clearly(files, tmp_path, client, monkeypatch):
+    from sbi_inn.distributed import RemoteTaskError
+
+    monkeypatch.setattr(batch_module, "model_hash", lambda posterior: "0" * 64)  # on the client only
+    with pytest.raises(RemoteTaskError, match="differs from the one the client read"):
+        posterior_maps(files["model"], files["image"], tmp_path / "m.h5", num_samples=4, chunk_rows=20,
+                       client=client, show_progress=False)
+    assert read_inference(tmp_path / "m.h5")["chunks_done"] == 0
+
+
 def test_cli_sample_observations_on_a_dask_scheduler(files, tmp_path, client):
     out = tmp_path / "maps.h5"
     assert main(["sample", str(files["model"]), "--observations", str(files["image"]), "-o", str(out),
