@@ -20,6 +20,7 @@ the rest.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -85,6 +86,10 @@ class TrainConfig:
             machine). With a budget the number of epochs is planned from the first epoch's duration,
             ``min(epochs, floor(max_time / t_first))``, and the learning rate decays to ``lr_final`` over the planned
             epochs; training also stops after any epoch that passes the budget.
+        ema: decay ``d`` of an exponential moving average of the weights, updated after every step
+            (``w_ema <- d w_ema + (1 - d) w``; 0, the default, disables it). With it, validation, early stopping
+            and the returned weights use the average (Polyak averaging), which smooths the noise of the last steps;
+            ``1 / (1 - d)`` is about the number of steps averaged.
         num_workers: DataLoader workers for datasets streamed from disk.
         seed: root of the seed tree whose ``train`` stream seeds shuffling and the noise drawn by losses.
 
@@ -108,6 +113,7 @@ class TrainConfig:
     min_delta: float = 0.0
     val_trim: float = 0.0
     max_time: float | None = None
+    ema: float = 0.0
     num_workers: int = 0
     seed: int = 0
 
@@ -125,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: val_trim must be in [0, 0.5), got {self.val_trim}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"TrainConfig: ema must be in [0, 1) (0 disables it), got {self.ema}")
         if self.max_time is not None and not self.max_time > 0:
             raise ValueError(f"TrainConfig: max_time must be positive or None, got {self.max_time}")
 
@@ -255,6 +263,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adam(params, config)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=_decay(config, config.epochs))
+    average = _Average(params, config.ema) if config.ema > 0 else None
     history: list[dict] = []
     best = {"val": math.inf, "state": None, "epoch": -1}
     counted = {"val": math.inf, "epoch": -1}  # the last improvement larger than min_delta (patience counts from it)
@@ -268,6 +277,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, elapsed = int(state["epoch"]) + 1, float(state["elapsed"])
         planned = int(state.get("planned_epochs", config.epochs))
+        if average is not None:
+            average.load(state["ema"])
         history = [dict(zip(state["history_keys"], row)) for row in state["history_rows"].tolist()]
         best = {"val": float(state["best_val"]), "state": state.get("best_state"), "epoch": int(state["best_epoch"])}
         counted = {"val": float(state.get("counted_val", best["val"])),
@@ -291,10 +302,16 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(dropout_seed)  # subnet dropout draws from the global RNG (module docstring)
             data, first = (first if epoch == 0 else epoch_data(epoch)), None  # drop epoch 0's data once used
-            record = _run_epoch(model, step_loss, data, optimizer, config, device, shuffle, noise, epoch, distributed)
-            if val_data is not None and _num_rows(val_data) > 0:
-                record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, noise, epoch,
-                                               distributed)
+            record = _run_epoch(model, step_loss, data, optimizer, config, device, shuffle, noise, epoch, distributed,
+                                average)
+            with average.swapped_in() if average is not None else contextlib.nullcontext():
+                if val_data is not None and _num_rows(val_data) > 0:
+                    record["val_loss"] = _evaluate(model, val_loss_fn, val_data, config, device, noise, epoch,
+                                                   distributed)
+                monitored = record.get("val_loss", record["train_loss"])
+                if monitored < best["val"]:  # with an average, the averaged weights are the ones kept
+                    best = {"val": monitored, "epoch": epoch,
+                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         seconds = time.perf_counter() - t0  # the slowest rank's, so that time budgets decide alike everywhere
         seconds = seconds if distributed is None else distributed.max(seconds)
         record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
@@ -307,10 +324,6 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         record["planned_epochs"] = planned
         history.append(record)
 
-        monitored = record.get("val_loss", record["train_loss"])
-        if monitored < best["val"]:
-            best = {"val": monitored, "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if monitored < counted["val"] - config.min_delta:
             counted = {"val": monitored, "epoch": epoch}
         stop = (config.patience is not None and epoch - counted["epoch"] >= config.patience) or (
@@ -319,15 +332,50 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
         if ckpt is not None and writes:
             _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned,
-                             finished=stop)
+                             finished=stop, average=average)
         epoch += 1
         if stop:
             break
     bar.close()
 
-    if best["state"] is not None and val_data is not None:
+    if best["state"] is not None and (val_data is not None or average is not None):
         model.load_state_dict(best["state"])
     return history
+
+
+class _Average:
+    """Exponential moving average of trained weights (``TrainConfig.ema``)."""
+
+    def __init__(self, params: list[Tensor], decay: float):
+        self.params, self.decay = params, decay
+        self.values = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, p in zip(self.values, self.params):
+            avg.lerp_(p.detach(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The averaged weights in the model for the duration of the block, the trained ones restored after."""
+        trained = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, avg in zip(self.params, self.values):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, trained):
+                    p.copy_(w)
+
+    def state(self) -> list[Tensor]:
+        return [v.clone() for v in self.values]
+
+    def load(self, values: list[Tensor]) -> None:
+        with torch.no_grad():
+            for avg, v in zip(self.values, values):
+                avg.copy_(v)
 
 
 def _decay(config: TrainConfig, epochs: int) -> float:
@@ -363,7 +411,8 @@ def clip_grad_norm(params: list[Tensor], max_norm: float) -> float:
     return norm
 
 
-def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch, distributed=None) -> dict:
+def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch, distributed=None,
+               average: _Average | None = None) -> dict:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = {}
@@ -392,6 +441,8 @@ def _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, 
                 skipped += 1
                 continue
         optimizer.step()
+        if average is not None:
+            average.update()
         steps += 1
         totals["train_loss"] = totals.get("train_loss", 0.0) + float(loss.detach())
         for k, v in parts.items():
@@ -466,13 +517,15 @@ def _evaluate(model, loss_fn, data, config, device, noise, epoch, distributed=No
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned, *,
-                     finished) -> None:
+                     finished, average: _Average | None = None) -> None:
     keys = sorted({k for rec in history for k in rec})
     rows = torch.tensor([[float(rec.get(k, math.nan)) for k in keys] for rec in history], dtype=torch.float64)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch, "elapsed": elapsed, "history_keys": keys, "history_rows": rows,
              "best_val": best["val"], "best_epoch": best["epoch"], "best_state": best["state"], "finished": finished,
              "counted_val": counted["val"], "counted_epoch": counted["epoch"], "planned_epochs": planned}
+    if average is not None:
+        state["ema"] = average.state()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)

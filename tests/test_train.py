@@ -307,3 +307,52 @@ def test_a_dataset_gives_the_same_batches_as_tensors():
 def test_integer_settings_refuse_other_types_at_once(field, value):
     with pytest.raises(TypeError, match=f"TrainConfig: {field} must be an integer"):
         TrainConfig(**{field: value})
+
+
+def test_ema_returns_the_moving_average_of_the_trajectory():
+    """The weights returned with ``ema=d`` are ``w_ema <- d w_ema + (1 - d) w`` over the steps of the same run (the
+    average does not change the trajectory), starting from the initial weights."""
+    tr, _ = _data()
+    cfg = replace(CFG, epochs=2)
+    trajectory = []
+
+    def recording(model, batch, step):  # the weights before each step = after the previous one
+        trajectory.append([p.detach().clone() for p in model.parameters()])
+        return _loss(model, batch, step)
+
+    plain = _model()
+    train(plain, recording, tr, None, cfg, device=CPU, show_progress=False)
+    trajectory.append([p.detach().clone() for p in plain.parameters()])
+    d = 0.9
+    expected = trajectory[0]
+    for weights in trajectory[1:]:
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
+    averaged = _model()
+    train(averaged, _loss, tr, None, replace(cfg, ema=d), device=CPU, show_progress=False)
+    for got, want in zip(averaged.parameters(), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(next(averaged.parameters()), next(plain.parameters()))
+
+
+def test_ema_resume_after_interruption_equals_uninterrupted(tmp_path):
+    tr, va = _data()
+    cfg = replace(CFG, ema=0.95)
+    reference = _model()
+    train(reference, _loss, tr, va, cfg, device=CPU, show_progress=False)
+    calls = {"n": 0}
+
+    def interrupted(model, batch, step):
+        calls["n"] += 1
+        if calls["n"] == 40:
+            raise KeyboardInterrupt
+        return _loss(model, batch, step)
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), interrupted, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False)
+    resumed = _model()
+    train(resumed, _loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False)
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+        TrainConfig(ema=1.0)
