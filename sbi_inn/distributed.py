@@ -284,6 +284,7 @@ def simulate_chunks_on(client, sim, num: int, *, chunk_size: int, seeds: Callabl
 
     Raises:
         TypeError: ``sim`` does not pickle (the message suggests a module-level function).
+        WorkerImportError: a worker cannot unpickle ``sim`` (a module missing there).
         RemoteTaskError: a chunk failed on a worker (``RemoteValueError`` / ``RemoteTypeError`` for those types);
             the message names the chunk and holds the worker traceback. Every chunk before it was yielded first.
         ValueError: a plain callable returned sets in one chunk and plain arrays (or another width) in another.
@@ -293,7 +294,7 @@ def simulate_chunks_on(client, sim, num: int, *, chunk_size: int, seeds: Callabl
     require_distributed("simulating on a Dask cluster")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    check_picklable(sim, f"the simulator {sim.name!r}")
+    check_on_workers(client, sim, f"the simulator {sim.name!r}")
     items = ((sim, seeds(i), min(chunk_size, num - i * chunk_size)) for i in range(first_chunk, -(-num // chunk_size)))
     with tqdm(total=num, initial=initial, disable=not show_progress, desc=desc, unit="sim", dynamic_ncols=True) as bar:
         for i, (chunk, state) in map_ordered(client, _simulate_chunk, items, start=first_chunk,
@@ -328,18 +329,51 @@ def _adopt(sim, state: dict[str, Any], chunk, index: int) -> None:
     sim.use_numpy = sim.use_numpy or bool(state["use_numpy"])
 
 
-def check_picklable(obj, what: str) -> None:
-    """``TypeError`` when ``obj`` cannot be pickled the way Dask sends it to workers (cloudpickle)."""
+class WorkerImportError(ImportError):
+    """What a task needs cannot be unpickled on a worker (a module missing there)."""
+
+
+def check_picklable(obj, what: str) -> bytes:
+    """``obj`` pickled the way Dask sends it to workers (cloudpickle); ``TypeError`` when it cannot be."""
     require_distributed("sending work to Dask workers")
     from distributed.protocol.pickle import dumps
 
     try:
-        dumps(obj)
+        return dumps(obj)
     except Exception as err:
         raise TypeError(f"{what} cannot be sent to Dask workers: pickling it failed ({type(err).__name__}: {err}). "
                         "Define the simulator as a module-level function, or a class whose attributes pickle (no "
                         "open files, locks, generators or lambdas inside such objects), in a module the workers can "
                         "import") from None
+
+
+def check_on_workers(client, obj, what: str) -> None:
+    """Unpickle ``obj`` on every connected worker first: a task whose function or argument names a module missing on
+    a worker does not fail on Dask (the worker cannot read the message and the task never ends), so this is checked
+    before any task is submitted.
+
+    Raises:
+        TypeError: ``obj`` does not pickle here.
+        WorkerImportError: a worker cannot unpickle it; the message names the worker and the missing module.
+    """
+    payload = check_picklable(obj, what)
+    problems = {addr: msg for addr, msg in client.run(_try_loads, payload).items() if msg}
+    if problems:
+        addr, msg = next(iter(sorted(problems.items())))
+        raise WorkerImportError(f"{what} cannot be loaded on {len(problems)} Dask worker(s), e.g. {addr}: {msg}. "
+                                "Workers import what the simulator refers to by name: use a module-level function or "
+                                "class of a package installed on the workers (the same environment as here)")
+
+
+def _try_loads(payload: bytes) -> str | None:
+    """On a worker: ``None`` when ``payload`` unpickles, else the error."""
+    from distributed.protocol.pickle import loads
+
+    try:
+        loads(payload)
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _check_count(name: str, value, minimum: int = 1) -> int:
@@ -353,4 +387,5 @@ def _check_count(name: str, value, minimum: int = 1) -> int:
 
 
 __all__ = ["RemoteTaskError", "RemoteValueError", "RemoteTypeError", "require_distributed", "client_for", "map_ordered",
-           "map_as_completed", "total_threads", "simulate_chunks_on", "check_picklable"]
+           "map_as_completed", "total_threads", "simulate_chunks_on", "check_picklable",
+           "check_on_workers", "WorkerImportError"]

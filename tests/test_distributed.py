@@ -2,9 +2,10 @@
 writes the same bytes as the single-process path, resumes, reports a failing chunk with the worker's traceback,
 survives a dying worker, and the missing extra is named.
 
-One cluster serves the module (starting worker processes that import torch takes several seconds). Its scheduler
-gives up on a task after the first worker death (``allowed-failures = 0``), so the dying-worker test exercises
-``map_ordered``'s own resubmission rather than the scheduler's.
+One cluster serves the module (starting worker processes that import torch takes several seconds; the CLI's
+``--workers 2`` is handed it too, checking what LocalCluster is asked for). Its scheduler gives up on a task after
+the first worker death (``allowed-failures = 0``), so the dying-worker test, the last, exercises ``map_ordered``'s
+own resubmission rather than the scheduler's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from torch.distributions import Independent, Normal
 
 from sbi_inn import hdf5_info, simulate_to_hdf5
 from sbi_inn.cli import main
-from sbi_inn.distributed import RemoteTaskError, client_for, map_as_completed, map_ordered, require_distributed
+from sbi_inn.distributed import (
+    RemoteTaskError,
+    WorkerImportError,
+    client_for,
+    map_as_completed,
+    map_ordered,
+    require_distributed,
+)
 from sbi_inn.simulation import SeedTree, Simulation
 from simulators import get_simulator
 
@@ -130,16 +138,6 @@ def test_extending_a_file_on_the_cluster_equals_a_fresh_run(client, reference, t
     assert_same_file(reference, path)
 
 
-def test_a_chunk_whose_worker_dies_is_retried(client, reference, tmp_path):
-    marker = tmp_path / "died"
-    with pytest.warns(RuntimeWarning):
-        write(Marked(nan_on=first_param(3), die_on=first_param(2), marker=str(marker)), tmp_path / "d.h5",
-              client=client)
-    assert marker.exists()  # the worker did die once
-    assert_same_file(reference, tmp_path / "d.h5")
-    client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the tests that follow
-
-
 def test_unpicklable_simulator_is_refused_with_advice(client, tmp_path):
     class Locked:  # holds a lock: cannot be sent to a worker
         def __init__(self):
@@ -151,6 +149,18 @@ def test_unpicklable_simulator_is_refused_with_advice(client, tmp_path):
     with pytest.raises(TypeError, match="cannot be sent to Dask workers.*module-level function"):
         write(Locked(), tmp_path / "x.h5", client=client)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_simulator_missing_on_the_workers_is_refused_before_submitting(client, tmp_path, monkeypatch):
+    # a module the workers cannot import would make Dask hang (the worker cannot read the task): checked first
+    (tmp_path / "only_here.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process only: the workers were started before
+    import only_here
+
+    with pytest.raises(WorkerImportError, match="cannot be loaded on 2 Dask worker.*No module named 'only_here'"):
+        write(only_here.double, tmp_path / "x.h5", client=client)
+    assert not (tmp_path / "x.h5").exists()
+    monkeypatch.delitem(sys.modules, "only_here")
 
 
 def test_map_ordered_bounds_what_is_in_flight_and_map_as_completed_yields_all(client):
@@ -206,10 +216,28 @@ def test_missing_extra_is_named(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "b.h5").exists()
 
 
-def test_cli_workers_and_scheduler_write_the_single_process_file(client, tmp_path, capsys):
+def test_cli_workers_and_scheduler_write_the_single_process_file(client, tmp_path, capsys, monkeypatch):
+    import distributed
+
+    started = []
+
+    class Reused:  # `--workers 2` gets the module's cluster (starting a second one costs ~20 s of worker imports)
+        def __init__(self, **kwargs):
+            started.append(kwargs)
+
+        def __getattr__(self, name):
+            return getattr(client.cluster, name)
+
+        def close(self):
+            started.append("closed")
+
     argv = ["simulate", "gaussian_mixture", "-n", "300", "--chunk-size", "70", "--seed", "2", "--quiet", "-o"]
     assert main([*argv, str(tmp_path / "one.h5")]) == 0
-    assert main([*argv, str(tmp_path / "two.h5"), "--workers", "2"]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(distributed, "LocalCluster", Reused)
+        assert main([*argv, str(tmp_path / "two.h5"), "--workers", "2"]) == 0
+    assert started[0]["n_workers"] == 2 and started[0]["threads_per_worker"] == 1 and started[0]["processes"]
+    assert started[-1] == "closed"
     assert main([*argv, str(tmp_path / "sched.h5"), "--scheduler", client.scheduler.address]) == 0
     assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
     assert_same_file(tmp_path / "one.h5", tmp_path / "sched.h5")
@@ -218,3 +246,12 @@ def test_cli_workers_and_scheduler_write_the_single_process_file(client, tmp_pat
     assert exit_info.value.code == 2 and "cannot reach the Dask scheduler" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse refuses both
         main([*argv, str(tmp_path / "bad.h5"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+
+
+def test_a_chunk_whose_worker_dies_is_retried(client, reference, tmp_path):
+    marker = tmp_path / "died"
+    with pytest.warns(RuntimeWarning):
+        write(Marked(nan_on=first_param(3), die_on=first_param(2), marker=str(marker)), tmp_path / "d.h5",
+              client=client)
+    assert marker.exists()  # the worker did die once
+    assert_same_file(reference, tmp_path / "d.h5")

@@ -58,7 +58,7 @@ def _add_simulate(subcommands) -> None:
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from sbi_inn.data import simulate_to_hdf5
-    from sbi_inn.distributed import RemoteTaskError
+    from sbi_inn.distributed import RemoteTaskError, WorkerImportError
     from sbi_inn.registry import load_simulator
 
     sim = load_simulator(args.name, **_parse_config(args.config))
@@ -67,6 +67,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
             summary = simulate_to_hdf5(sim, sim.prior, args.num_simulations, args.output, seed=args.seed,
                                        chunk_size=args.chunk_size, resume=not args.no_resume,
                                        on_invalid=args.on_invalid, show_progress=not args.quiet, client=client)
+    except WorkerImportError as err:
+        print(f"sbi-inn simulate: error: {err}", file=sys.stderr)
+        return 2
     except RemoteTaskError as err:  # the worker's traceback is kept, on several lines
         print(f"sbi-inn simulate: error: {err}\n(the chunks before it are saved; re-run the command to resume)",
               file=sys.stderr)
