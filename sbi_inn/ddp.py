@@ -254,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = ("Train a posterior on DATA.h5 with data-parallel processes (DistributedDataParallel), as "
                      "`sbi-inn train` does in one: --batch-size is the global batch, split over the processes. "
                      "Rank 0 checks the output before training and alone writes checkpoints and MODEL.sbi. "
-                     + p.description.split(". ", 1)[1])
+                     + p.description.partition(". ")[2])
+    for action in p._actions:
+        if action.dest == "batch_size":
+            action.help = "samples per gradient step over all processes (each takes batch / processes)"
     p.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"seconds a process waits for the others before failing (default: {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--backend", choices=("nccl", "gloo"),

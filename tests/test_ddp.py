@@ -1,15 +1,17 @@
-"""Data-parallel training (sbi_inn.ddp): two gloo CPU processes launched with torch.multiprocessing.spawn run, in one
+"""Data-parallel training (sbi_inn.ddp): two gloo CPU processes launched with torch.multiprocessing run, in one
 launch, the command line, the Python entry point, an interrupted and resumed fit, a setup error on one rank and a
 non-finite loss on one rank; the parent checks what they wrote against a single-process fit."""
 
 import json
 import os
 import socket
+import threading
 import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tqdm.auto import tqdm
 
 from sbi_inn import BoxUniform, fit_posterior, load_posterior, simulate_to_hdf5
 from sbi_inn.ddp import Distributed, RankFailedError, main
@@ -69,10 +71,10 @@ def _worker(rank: int, port: int, root: str) -> None:
         # 3. interrupted in its second epoch on every rank, then resumed from rank 0's checkpoint
         run_epoch = sbi_inn.train._run_epoch
 
-        def interrupted(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch, distributed=None):
-            if epoch == 1:
+        def interrupted(*args, **kwargs):  # _run_epoch(model, loss_fn, data, optimizer, config, device, shuffle,
+            if args[8] == 1:  # noise, epoch, ...): raise at the start of the second epoch
                 raise _Interrupt
-            return run_epoch(model, loss_fn, data, optimizer, config, device, shuffle, noise, epoch, distributed)
+            return run_epoch(*args, **kwargs)
 
         sbi_inn.train._run_epoch = interrupted
         try:
@@ -134,7 +136,12 @@ def launched(tmp_path_factory):
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",)}
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        mp.spawn(_worker, args=(_free_port(), str(root)), nprocs=WORLD, join=True)
+        # fork skips re-importing torch in each child (half a minute on a loaded 2-core box); it is only safe while
+        # this process runs no other thread (tqdm's monitor thread is stopped; tqdm restarts it), else spawn
+        if tqdm.monitor is not None:
+            tqdm.monitor.exit()
+        method = "fork" if threading.active_count() == 1 else "spawn"
+        mp.start_processes(_worker, args=(_free_port(), str(root)), nprocs=WORLD, join=True, start_method=method)
     finally:
         for k, v in env.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
