@@ -19,8 +19,10 @@ The options are those of ``sbi-inn train`` plus ``--timeout`` and ``--backend``.
 What changes under DDP, and what does not (the loop is ``sbi_inn.train.train``, the fit path ``sbi_inn.fit``):
 
 * Every rank builds the same model (same ``init`` seed; DDP also broadcasts rank 0's weights when it wraps it) and
-  reads the same simulations, split and standardisation. The loss is computed inside a small module's ``forward``
-  (:class:`LossModule`), so that the backward pass all-reduces the gradients whatever model methods the loss calls.
+  reads the same simulations, split and standardisation (simulations in memory and fresh simulations per epoch are
+  simulated on every rank: deterministic in the seed, so identical, but not divided among the ranks). The loss is
+  computed inside a small module's ``forward`` (:class:`LossModule`), so that the backward pass all-reduces the
+  gradients whatever model methods the loss calls.
 * The batch size is global: each epoch's shuffled order (seeded by the run seed and the epoch, identical on every
   rank) is cut into the single-process batches, and each batch into ``world_size`` disjoint shards, one per rank
   (:func:`sbi_inn.train.epoch_batches`). Each rank's shard loss is weighted by its share of the batch, so the

@@ -1,6 +1,7 @@
 """Data-parallel training (sbi_inn.ddp): two gloo CPU processes launched with torch.multiprocessing run, in one
-launch, the command line, the Python entry point, an interrupted and resumed fit, a setup error on one rank and a
-non-finite loss on one rank; the parent checks what they wrote against a single-process fit."""
+launch, the command line, the Python entry point, an interrupted and resumed fit, a setup error on one rank, a
+non-finite loss on one rank and a fit streamed from disk; the parent checks what they wrote against a single-process
+fit."""
 
 import json
 import os
@@ -115,8 +116,57 @@ def _worker(rank: int, port: int, root: str) -> None:
             sbi_inn.cinn.ConditionalINN.loss = loss
         torch.save(post.model.state_dict(), f"{root}/nan_{rank}.pt")
         out["nan_skipped"] = [h["skipped_steps"] for h in post.history]
+
+        # 6. the same fit streamed from the file (HDF5Dataset through a DataLoader) instead of read into memory
+        post = fit(None, data_config={"max_memory_bytes": 1})
+        torch.save(post.model.state_dict(), f"{root}/streamed_{rank}.pt")
     with open(f"{root}/rank{rank}.json", "w") as f:
         json.dump(out, f)
+
+
+def _dying_worker(rank: int, port: int, root: str) -> None:
+    """Rank 1 stops responding in the second epoch of training (alive, but never reaching the next collective);
+    rank 0 records how it ended and after how long."""
+    import sbi_inn.train
+    from sbi_inn.ddp import process_group
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    run_epoch = sbi_inn.train._run_epoch
+
+    def dying(*args, **kwargs):
+        if rank == 1 and args[8] == 1:
+            time.sleep(120)  # stuck: no error, no closed connection, only the group's timeout can tell
+            os._exit(3)
+        return run_epoch(*args, **kwargs)
+
+    sbi_inn.train._run_epoch = dying
+    with process_group(timeout=5):
+        t0 = time.perf_counter()
+        try:
+            fit_posterior(data=f"{root}/sims.h5", config=CONFIG, distributed=True, show_progress=False)
+            ended = "finished"
+        except Exception as err:  # noqa: BLE001 - the test records how the surviving rank ended
+            ended = f"{type(err).__name__}: {err}"[:300]
+        with open(f"{root}/survivor.json", "w") as f:
+            json.dump({"ended": ended, "seconds": time.perf_counter() - t0}, f)
+
+
+def _start(worker, root, join=True):
+    """Two ranks of ``worker(rank, port, root)``. Forked when this process runs no other thread, which skips
+    re-importing torch in each child (half a minute on a loaded 2-core box); tqdm's monitor thread is stopped for
+    that (tqdm restarts it). Otherwise spawned."""
+    if tqdm.monitor is not None:
+        tqdm.monitor.exit()
+    method = "fork" if threading.active_count() == 1 else "spawn"
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return mp.start_processes(worker, args=(_free_port(), str(root)), nprocs=WORLD, join=join,
+                                  start_method=method)
+    finally:
+        os.environ.pop("OMP_NUM_THREADS") if before is None else os.environ.__setitem__("OMP_NUM_THREADS", before)
 
 
 def _weights(path):
@@ -133,18 +183,7 @@ def launched(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     simulate_to_hdf5(_simulate, BoxUniform(torch.zeros(2), torch.ones(2)), 390, root / "sims.h5", seed=0,
                      show_progress=False)
-    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",)}
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        # fork skips re-importing torch in each child (half a minute on a loaded 2-core box); it is only safe while
-        # this process runs no other thread (tqdm's monitor thread is stopped; tqdm restarts it), else spawn
-        if tqdm.monitor is not None:
-            tqdm.monitor.exit()
-        method = "fork" if threading.active_count() == 1 else "spawn"
-        mp.start_processes(_worker, args=(_free_port(), str(root)), nprocs=WORLD, join=True, start_method=method)
-    finally:
-        for k, v in env.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    _start(_worker, root)
     results = [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD)]
     return root, results
 
@@ -264,3 +303,28 @@ def test_torchrun_launch_trains_both_methods(tmp_path, method):
     assert torch.isfinite(post.sample((50,), torch.tensor([0.5, 0.5]), seed=0)).all()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode != 0 and "exists; pass --force" in again.stderr
+
+
+def test_streaming_from_disk_gives_the_in_memory_weights(launched):
+    root, _ = launched
+    full = _weights(root / "full_0.pt")
+    for rank in range(WORLD):
+        streamed = _weights(root / f"streamed_{rank}.pt")
+        assert all(torch.allclose(full[k], streamed[k], atol=1e-6) for k in full)
+
+
+def test_a_rank_stuck_during_training_ends_the_other_by_the_timeout_not_a_hang(tmp_path):
+    simulate_to_hdf5(_simulate, BoxUniform(torch.zeros(2), torch.ones(2)), 390, tmp_path / "sims.h5", seed=0,
+                     show_progress=False)
+    context = _start(_dying_worker, tmp_path, join=False)
+    survivor, stuck = context.processes
+    survivor.join(100)
+    alive = survivor.exitcode is None
+    for p in context.processes:
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    assert not alive, "rank 0 still waits for the stuck rank"
+    ended = json.loads((tmp_path / "survivor.json").read_text())
+    assert "timed out" in ended["ended"].lower()  # the collective it waited in gave up after the group's 5 s
+    assert 4 < ended["seconds"] < 60
