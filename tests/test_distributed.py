@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
+import signal
+import subprocess
 import sys
+import textwrap
 import threading
+import time
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -246,6 +252,48 @@ def test_cli_workers_and_scheduler_write_the_single_process_file(client, tmp_pat
     assert exit_info.value.code == 2 and "cannot reach the Dask scheduler" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse refuses both
         main([*argv, str(tmp_path / "bad.h5"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+
+
+KILLED_CLIENT = textwrap.dedent("""
+    import sys
+    import torch
+    from torch.distributions import Independent, Normal
+    from sbi_inn import simulate_to_hdf5
+    from sbi_inn.distributed import client_for
+
+    if __name__ == "__main__":
+        tests, path, sleeping, nan_on, sleep_on, n, chunk, seed = sys.argv[1:]
+        sys.path.append(tests)
+        from _dask_sims import Marked
+
+        sim = Marked(nan_on=float(nan_on), sleep_on=float(sleep_on), seconds=600, sleep_marker=sleeping)
+        prior = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
+        with client_for(workers=2) as client:
+            simulate_to_hdf5(sim, prior, int(n), path, seed=int(seed), chunk_size=int(chunk), client=client,
+                             show_progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_killed_client_resumes_to_the_same_file(client, reference, tmp_path):
+    # a client process (with its own LocalCluster) killed while chunk 9 hangs on a worker, then resumed here
+    script, path, sleeping = tmp_path / "client.py", tmp_path / "killed.h5", tmp_path / "sleeping"
+    script.write_text(KILLED_CLIENT)
+    argv = [Path(__file__).parent, path, sleeping, first_param(3), first_param(9), N, CHUNK, SEED]
+    proc = subprocess.Popen([sys.executable, str(script), *map(str, argv)], start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and not sleeping.exists():
+            time.sleep(0.1)
+        assert sleeping.exists(), "the client never reached chunk 9"
+        time.sleep(3)  # chunks 0-8 (and some after 9) are done; the writer waits for chunk 9
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and its worker processes
+        proc.wait()
+    meta = hdf5_info(path)
+    assert 1 <= meta["chunks_done"] <= 9 and not meta["completed"]
+    write(Marked(nan_on=first_param(3)), path, client=client)
+    assert_same_file(reference, path)
 
 
 def test_a_chunk_whose_worker_dies_is_retried(client, reference, tmp_path):
