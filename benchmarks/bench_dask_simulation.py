@@ -14,7 +14,9 @@ thread, so the single-process row is the one-core baseline.
 
 Writes ``benchmarks/results/dask_simulation.json``: machine (cpu count, load average before and after), seeds,
 settings, and per mode the wall times, simulations/s and the cluster start-up time; scaling =
-rate(2 workers) / rate(1 worker), efficiency = scaling / 2.
+rate(2 workers) / rate(1 worker), efficiency = scaling / 2. On a machine shared with other jobs the scaling says
+little: with Linux's scheduler autogroup (recorded as ``sched_autogroup``) all processes of one session share one
+CPU share, so a second worker only splits it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ def run_mode(workers: int | None, sim, args, directory: Path) -> dict:
             "content_hashes": sorted(hashes)}
 
 
+def _autogroup() -> str | None:
+    """Linux's scheduler autogroup setting ("1": all processes of one session, this benchmark's workers included,
+    share one CPU share against other sessions, so on a busy machine more workers get no more CPU)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return None
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--simulator", default="ddm", help="registered simulator (default: ddm, CPU-bound)")
@@ -124,7 +135,8 @@ def main(argv=None) -> dict:
     result = {"benchmark": "dask_simulation", "sbi_inn": __version__,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": {**machine_info(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                          "torch_threads_client": torch.get_num_threads(), "threads_per_worker": 1},
+                          "torch_threads_client": torch.get_num_threads(), "threads_per_worker": 1,
+                          "sched_autogroup": _autogroup()},
               "settings": {"simulator": args.simulator, "simulator_config": sim.config(),
                            "num_simulations": args.num_simulations, "chunk_size": args.chunk_size,
                            "repeats": args.repeats, "seed": args.seed, "warmup_seed": args.seed + 1},
