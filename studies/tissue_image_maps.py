@@ -216,7 +216,7 @@ def figure(maps: dict[str, np.ndarray], truth: np.ndarray, sim: TissueSpectra, p
     fig.suptitle(f"Posterior maps of a synthetic {truth.shape[0]} x {truth.shape[1]} tissue image "
                  "(cINN, 8 bands, 5 % noise; thesis Fig. 4.9)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
