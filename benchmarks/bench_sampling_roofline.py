@@ -154,35 +154,42 @@ def _sync(device: torch.device) -> None:
 
 
 def best_time(fn, repeats: int, device: torch.device) -> tuple[float, float]:
-    """``(best wall seconds, CPU seconds of the process in that run)`` over ``repeats`` calls of ``fn``."""
+    """``(best wall seconds, least CPU seconds of the process)`` over ``repeats`` calls of ``fn``, each minimum
+    taken separately. On a shared machine the CPU time (all threads summed) leaves out the time spent waiting for
+    a core, so it measures the work, where the wall time also measures the load."""
     fn()  # warm-up
     _sync(device)
-    best, cpu = float("inf"), 0.0
+    best, cpu = float("inf"), float("inf")
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
         fn()
         _sync(device)
-        t, c = time.perf_counter() - t0, time.process_time() - c0
-        if t < best:
-            best, cpu = t, c
+        best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     return best, cpu
 
 
-def matmul_peak(device: torch.device, size: int, repeats: int) -> dict:
+def matmul_peak(device: torch.device, size: int, repeats: int, threads: int) -> dict:
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
     out = torch.empty(size, size, device=device)
-    t, _ = best_time(lambda: torch.mm(a, b, out=out), repeats, device)
-    return {"size": size, "seconds": t, "gflops": 2 * size**3 / t / 1e9}
+    t, cpu = best_time(lambda: torch.mm(a, b, out=out), repeats, device)
+    flops = 2 * size**3
+    return {"size": size, "seconds": t, "gflops": flops / t / 1e9, "cpu_seconds": cpu,
+            "gflops_per_busy_thread": flops / (cpu / threads) / 1e9 if device.type == "cpu" else None}
 
 
-def bandwidth(device: torch.device, mib: int, repeats: int) -> dict:
-    """Copy (``2 x`` the array's bytes: read + write) and triad ``a = b + 3 c`` (``3 x``) GB/s."""
+def bandwidth(device: torch.device, mib: int, repeats: int, threads: int) -> dict:
+    """Copy (``2 x`` the array's bytes: read + write) and triad ``a = b + 3 c`` (``3 x``) GB/s; ``*_busy`` per
+    second of CPU time of the ``threads`` (see :func:`best_time`)."""
     n = mib * 2**20 // FLOAT
     a, b, c = (torch.rand(n, device=device) for _ in range(3))
-    t_copy, _ = best_time(lambda: a.copy_(b), repeats, device)
-    t_triad, _ = best_time(lambda: torch.add(b, c, alpha=3.0, out=a), repeats, device)
-    return {"array_mib": mib, "copy_gbs": 2 * n * FLOAT / t_copy / 1e9, "triad_gbs": 3 * n * FLOAT / t_triad / 1e9,
-            "gbs": max(2 * n * FLOAT / t_copy, 3 * n * FLOAT / t_triad) / 1e9}
+    t_copy, c_copy = best_time(lambda: a.copy_(b), repeats, device)
+    t_triad, c_triad = best_time(lambda: torch.add(b, c, alpha=3.0, out=a), repeats, device)
+    copy_bytes, triad_bytes = 2 * n * FLOAT, 3 * n * FLOAT
+    out = {"array_mib": mib, "copy_gbs": copy_bytes / t_copy / 1e9, "triad_gbs": triad_bytes / t_triad / 1e9}
+    out["gbs"] = max(out["copy_gbs"], out["triad_gbs"])
+    if device.type == "cpu":
+        out["gbs_per_busy_thread"] = max(copy_bytes / (c_copy / threads), triad_bytes / (c_triad / threads)) / 1e9
+    return out
 
 
 # -- sampling -------------------------------------------------------------------------------------------------------
@@ -237,54 +244,68 @@ def run(threads: int, device: torch.device, args) -> dict:
     torch.set_num_threads(threads)
     posterior = build_posterior(args.seed, device)
     count = count_pass(posterior)
-    peak = matmul_peak(device, 1024 if args.quick else 4096, args.repeats)
-    dram = bandwidth(device, 32 if args.quick else 256, args.repeats)
-    cache = bandwidth(device, 1, 5 * args.repeats)
+    peak = matmul_peak(device, 1024 if args.quick else 4096, args.repeats, threads)
+    dram = bandwidth(device, 32 if args.quick else 256, args.repeats, threads)
+    cache = bandwidth(device, 1, 5 * args.repeats, threads)
     rows = []
     for kind, n, B in sampling_cases(args.quick):
-        repeats = args.repeats if n * B < 10**5 else max(3, args.repeats // 2)  # 10^5 samples take seconds
+        repeats = args.repeats if n * B < 10**5 else max(2, args.repeats // 2)  # 10^5 samples take seconds
         seconds, cpu = time_sampling(posterior, kind, n, B, repeats)
         flops, nbytes = count.flops(n, B), count.bytes(n, B, SAMPLE_CHUNK_ROWS)
         row = {"kind": kind, "samples_per_observation": n, "observations": B, "samples": n * B, "seconds": seconds,
-               "samples_per_second": n * B / seconds, "samples_per_cpu_second": n * B / cpu if cpu > 0 else None,
-               "cpu_share": cpu / seconds / threads if device.type == "cpu" else None, "flops": flops,
-               "bytes": nbytes}
+               "samples_per_second": n * B / seconds, "flops": flops, "bytes": nbytes}
         row.update(roofline(flops, nbytes, seconds, peak["gflops"], dram["gbs"]))
+        if device.type == "cpu":  # the same on the CPU-time basis: limits and sampling both per busy thread-second
+            busy = cpu / threads
+            row["cpu_share"] = cpu / seconds / threads  # below 1: the threads waited for a core
+            row["samples_per_busy_second"] = n * B / busy
+            row["busy_basis"] = roofline(flops, nbytes, busy, peak["gflops_per_busy_thread"],
+                                         dram["gbs_per_busy_thread"])
         rows.append(row)
-        print(f"{threads:>3} {kind:<8} {n:>7} x {B:<5} {row['samples_per_second']:>12,.0f} "
-              f"{row['achieved_gflops']:>8.1f} {row['achieved_gbs']:>7.1f} {row['intensity_flop_per_byte']:>6.1f} "
-              f"{row['limit_gflops']:>7.1f} {row['binding']:>8} {100 * row['fraction_of_limit']:>6.1f}% "
-              f"{row['cpu_share'] if row['cpu_share'] is None else round(row['cpu_share'], 2)!s:>6}", flush=True)
+        bb = row.get("busy_basis", {})
+        print(f"{threads:>3} {kind:<8} {n:>7} x {B:<5} {row['samples_per_second']:>10,.0f} "
+              f"{row['achieved_gflops']:>7.1f} {row['achieved_gbs']:>6.1f} {row['intensity_flop_per_byte']:>5.1f} "
+              f"{row['limit_gflops']:>6.1f} {row['binding']:>8} {100 * row['fraction_of_limit']:>6.1f}% | "
+              f"{row.get('samples_per_busy_second', 0):>10,.0f} {bb.get('achieved_gflops', 0):>7.1f} "
+              f"{bb.get('limit_gflops', 0):>6.1f} {bb.get('binding', '-'):>8} "
+              f"{100 * bb.get('fraction_of_limit', 0):>6.1f}% {row.get('cpu_share', 0):>5.2f}", flush=True)
     return {"threads": threads, "matmul_peak": peak, "memory_bandwidth": dram, "cache_bandwidth_1mib": cache,
             "sampling": rows}
 
 
 def merge_before(result: dict, before_paths: list[Path]) -> None:
     """Speed-ups against earlier runs' tables (same threads, kind and sizes; the best of the files per case)."""
-    old: dict[tuple, float] = {}
+    old: dict[tuple, list[float]] = {}
     befores = [json.loads(p.read_text()) for p in before_paths]
     for before in befores:
         for r in before["runs"]:
             for s in r["sampling"]:
                 key = (r["threads"], s["kind"], s["samples_per_observation"], s["observations"])
-                old[key] = max(old.get(key, 0.0), s["samples_per_second"])
+                prev = old.get(key, [0.0, 0.0])
+                old[key] = [max(prev[0], s["samples_per_second"]), max(prev[1], s.get("samples_per_busy_second", 0))]
     table = []
     for r in result["runs"]:
         for s in r["sampling"]:
             key = (r["threads"], s["kind"], s["samples_per_observation"], s["observations"])
             if key in old:
-                table.append({"threads": key[0], "kind": key[1], "samples_per_observation": key[2],
-                              "observations": key[3], "before_samples_per_second": old[key],
-                              "after_samples_per_second": s["samples_per_second"],
-                              "speedup": s["samples_per_second"] / old[key]})
+                row = {"threads": key[0], "kind": key[1], "samples_per_observation": key[2], "observations": key[3],
+                       "before_samples_per_second": old[key][0], "after_samples_per_second": s["samples_per_second"],
+                       "speedup": s["samples_per_second"] / old[key][0]}
+                if old[key][1] and s.get("samples_per_busy_second"):
+                    row.update(before_samples_per_busy_second=old[key][1],
+                               after_samples_per_busy_second=s["samples_per_busy_second"],
+                               speedup_busy=s["samples_per_busy_second"] / old[key][1])
+                table.append(row)
     result["before"] = {"runs": [{"path": str(p), "machine": b.get("machine"), "date": b.get("date"),
                                   "load": b.get("load")} for p, b in zip(before_paths, befores)],
                         "comparison": table}
-    print(f"\nbefore (best of {len(befores)} run(s)) -> after (samples/s)")
+    print(f"\nbefore (best of {len(befores)} run(s)) -> after, samples/s wall clock | per busy thread-second")
     for t in table:
+        busy = (f"{t['before_samples_per_busy_second']:>10,.0f} -> {t['after_samples_per_busy_second']:>10,.0f}  "
+                f"x{t['speedup_busy']:.2f}" if "speedup_busy" in t else "")
         print(f"{t['threads']:>3} {t['kind']:<8} {t['samples_per_observation']:>7} x {t['observations']:<5} "
-              f"{t['before_samples_per_second']:>12,.0f} -> {t['after_samples_per_second']:>12,.0f}  "
-              f"x{t['speedup']:.2f}")
+              f"{t['before_samples_per_second']:>10,.0f} -> {t['after_samples_per_second']:>10,.0f}  "
+              f"x{t['speedup']:.2f} | {busy}")
 
 
 def main(argv=None) -> dict:
@@ -325,16 +346,20 @@ def main(argv=None) -> dict:
     print(f"matrix-product FLOPs of sample_batched(({fc['n']},), {fc['observations']} observations): analytic "
           f"{fc['analytic_matmul_flops']:,}, FlopCounterMode {fc['flop_counter_matmul_flops']:,} "
           f"({'agree' if fc['agree'] else 'DISAGREE'})")
-    print(f"\n{'thr':>3} {'kind':<8} {'n':>7} x {'B':<5} {'samples/s':>12} {'GFLOP/s':>8} {'GB/s':>7} {'AI':>6} "
-          f"{'limit':>7} {'binds':>8} {'of lim':>7} {'cpu':>6}")
+    print(f"\n{'':>27} {'wall clock':-^53} | {'per busy thread-second (CPU time)':-^51}")
+    print(f"{'thr':>3} {'kind':<8} {'n':>7} x {'B':<5} {'samples/s':>10} {'GFLOP/s':>7} {'GB/s':>6} {'AI':>5} "
+          f"{'limit':>6} {'binds':>8} {'of lim':>7} | {'samples/s':>10} {'GFLOP/s':>7} {'limit':>6} {'binds':>8} "
+          f"{'of lim':>7} {'share':>5}")
     try:
         for threads in args.threads:
             r = run(threads, device, args)
             result["runs"].append(r)
-            print(f"    threads {threads}: matmul peak {r['matmul_peak']['gflops']:.1f} GFLOP/s, memory "
-                  f"{r['memory_bandwidth']['gbs']:.1f} GB/s (copy {r['memory_bandwidth']['copy_gbs']:.1f}, triad "
-                  f"{r['memory_bandwidth']['triad_gbs']:.1f}), 1 MiB copy {r['cache_bandwidth_1mib']['copy_gbs']:.1f}"
-                  f" GB/s", flush=True)
+            mp, bw = r["matmul_peak"], r["memory_bandwidth"]
+            print(f"    threads {threads}: matmul peak {mp['gflops']:.1f} GFLOP/s wall "
+                  f"({mp['gflops_per_busy_thread'] or 0:.1f} per busy thread-second), memory {bw['gbs']:.1f} GB/s "
+                  f"(copy {bw['copy_gbs']:.1f}, triad {bw['triad_gbs']:.1f}; "
+                  f"{bw.get('gbs_per_busy_thread', 0):.1f} per busy thread-second), 1 MiB copy "
+                  f"{r['cache_bandwidth_1mib']['copy_gbs']:.1f} GB/s", flush=True)
     finally:
         torch.set_num_threads(threads_before)
     result["load"]["after"] = os.getloadavg()
