@@ -294,6 +294,11 @@ def simulate_chunks_on(client, sim, num: int, *, chunk_size: int, seeds: Callabl
     require_distributed("simulating on a Dask cluster")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not client.nthreads():
+        import warnings
+
+        warnings.warn("the Dask cluster has no workers yet: the chunks wait until some connect (scale the cluster or "
+                      "start `dask worker ADDRESS`)", RuntimeWarning, stacklevel=3)
     check_on_workers(client, sim, f"the simulator {sim.name!r}")
     items = ((sim, seeds(i), min(chunk_size, num - i * chunk_size)) for i in range(first_chunk, -(-num // chunk_size)))
     with tqdm(total=num, initial=initial, disable=not show_progress, desc=desc, unit="sim", dynamic_ncols=True) as bar:
