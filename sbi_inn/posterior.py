@@ -33,6 +33,7 @@ from sbi_inn.checks import real_tensor
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.inn import BidirectionalINN
 from sbi_inn.meanshift import mean_shift
+from sbi_inn.mixture import MixtureModel
 from sbi_inn.model_files import HeaderBounds, nonfinite_weights, read_model_file, write_model_file
 from sbi_inn.simulation import check_seed
 
@@ -462,9 +463,7 @@ def model_from_config(config: dict, summary: nn.Module | None = None) -> nn.Modu
     """Rebuild an untrained model from its JSON configuration (``config["type"]`` picks the class); ``summary`` is
     the user's summary module for a cINN trained with a custom one."""
     kind = config.get("type")
-    if kind == "mixture":  # imported here: sbi_inn.ensemble builds on this module
-        from sbi_inn.ensemble import MixtureModel
-
+    if kind == "mixture":
         return MixtureModel.from_config(config, summary=summary)
     if kind not in MODEL_TYPES:
         raise ValueError(f"unknown model type {kind!r}; known: {sorted([*MODEL_TYPES, 'mixture'])}")

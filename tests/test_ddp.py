@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
 from sbi_inn import BoxUniform, fit_posterior, load_posterior, simulate_to_hdf5
-from sbi_inn.ddp import Distributed, RankFailedError, main
+from sbi_inn.cli.ddp import main
+from sbi_inn.ddp import Distributed, RankFailedError
 from sbi_inn.train import TrainConfig, epoch_batches, train
 
 WORLD = 2
@@ -284,7 +285,7 @@ def test_command_without_torchrun_says_how_to_launch(capsys, monkeypatch, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cinn", "inn"])
 def test_torchrun_launch_trains_both_methods(tmp_path, method):
-    """The documented launch, ``torchrun --nproc_per_node 2 -m sbi_inn.ddp``, end to end (a minute or so: three
+    """The documented launch, ``torchrun --nproc_per_node 2 -m sbi_inn.cli.ddp``, end to end (a minute or so: three
     processes import torch)."""
     import subprocess
     import sys
@@ -292,7 +293,7 @@ def test_torchrun_launch_trains_both_methods(tmp_path, method):
     simulate_to_hdf5(_simulate, BoxUniform(torch.zeros(2), torch.ones(2)), 600, tmp_path / "sims.h5", seed=0,
                      show_progress=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "sbi_inn.ddp", str(tmp_path / "sims.h5"), "-o", str(tmp_path / "m.sbi"),
+           str(_free_port()), "-m", "sbi_inn.cli.ddp", str(tmp_path / "sims.h5"), "-o", str(tmp_path / "m.sbi"),
            "--epochs", "2", "--batch-size", "100", "--method", method, "--checkpoint-dir", str(tmp_path / "ck"),
            "--timeout", "60"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})

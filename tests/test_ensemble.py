@@ -15,8 +15,9 @@ from torch.distributions import Independent, Normal
 
 from sbi_inn import fit_posterior
 from sbi_inn.cinn import ConditionalINN
-from sbi_inn.ensemble import MixtureModel, fit_ensemble
+from sbi_inn.ensemble import fit_ensemble
 from sbi_inn.flows import FlowConfig
+from sbi_inn.mixture import MixtureModel
 from sbi_inn.posterior import Posterior, load_posterior
 
 PRIOR = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)

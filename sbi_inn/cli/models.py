@@ -10,11 +10,13 @@ from sbi_inn.cli.options import (
     _add_device,
     _add_threads,
     _check_output,
+    _dask_client,
     _device,
     _in_options,
     _load_model,
     _parse_config,
     _positive,
+    add_dask_options,
 )
 
 
@@ -147,34 +149,10 @@ def _add_sample(subcommands) -> None:
                    help="--observations: write the raw samples (N, B, D) instead of summaries")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
     _add_device(p)
-    _add_dask(p)
+    add_dask_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     _add_threads(p)
     p.set_defaults(func=_run_sample)
-
-
-def _add_dask(p) -> None:
-    """``--workers`` / ``--scheduler`` (from :mod:`sbi_inn.cli.options` once it offers them)."""
-    from sbi_inn.cli import options
-
-    if hasattr(options, "add_dask_options"):
-        options.add_dask_options(p)
-        return
-    p.add_argument("--workers", type=_positive(int), metavar="N",
-                   help="--observations: run the chunks on N local Dask worker processes")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="--observations: run the chunks on the Dask cluster at ADDRESS (tcp://host:8786)")
-
-
-def _dask(args: argparse.Namespace):
-    """The Dask client of ``--workers`` / ``--scheduler`` (``None``: this process), as a context manager."""
-    from sbi_inn.cli import options
-
-    if hasattr(options, "_dask_client"):
-        return options._dask_client(args)
-    from sbi_inn.distributed import client_for
-
-    return client_for(args.workers, args.scheduler, feature="sbi-inn sample --workers/--scheduler")
 
 
 _BATCH_OPTIONS = {"quantiles": "--quantiles", "chunk_rows": "--chunk-rows", "point": "--point", "on_nan": "--on-nan",
@@ -242,7 +220,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     common = dict(num_samples=args.num_samples or 256, seed=args.seed, chunk_rows=args.chunk_rows or 1024,
                   on_nan=args.on_nan or "raise", overwrite=args.force, device=_device(args.device),
                   show_progress=not args.quiet)
-    with _dask(args) as client:
+    with _dask_client(args) as client:
         if args.raw_samples:
             result = sample_to_hdf5(args.model, args.observations, out, client=client, **common)
         else:
