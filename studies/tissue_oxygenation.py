@@ -366,6 +366,15 @@ def monte_carlo_cost(args, budgets) -> dict:
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------------
+def compact_png(path: Path) -> None:
+    """Rewrite a PNG with a 256-colour palette (the 6 x 6 corner plot is ~1.6 MB in RGBA, ~0.5 MB so)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(256)
+    small.save(path, optimize=True)
+
+
 def _plain(obj):
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
@@ -495,6 +504,7 @@ def main(argv=None) -> dict:
     prior_draws = sim.sample_prior(20_000, generator=torch.Generator().manual_seed(args.seed + 5))
     plots.corner_plot(fig_samples, truth=x_test[i_fig], prior_samples=prior_draws, param_names=sim.param_names,
                       units=sim.param_units, path=out / "fig_4_8_posterior.png")
+    compact_png(out / "fig_4_8_posterior.png")
 
     results = {
         "argv": argv, "settings": {k: v for k, v in vars(args).items()},
