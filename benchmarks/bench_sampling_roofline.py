@@ -13,8 +13,9 @@ In one run, on the same thread counts, this script measures
 
 and, from an analytic count of the work of one inverse pass (:func:`count_pass`), the achieved GFLOP/s and GB/s, the
 arithmetic intensity, the roofline limit ``min(peak, intensity x bandwidth)``, which of the two binds and the
-fraction of it achieved. The matrix-product part of the count is checked against
-``torch.utils.flop_counter.FlopCounterMode`` on a real sampling call (they must agree exactly).
+fraction of it achieved; and one inverse pass through FrEIA (the path sampling took before
+``CouplingFlow.sample_inverse``) against the fast path, timed in alternation. The matrix-product part of the count
+is checked against ``torch.utils.flop_counter.FlopCounterMode`` on a real sampling call (they must agree exactly).
 
 The machine may be shared: every time is the best of ``--repeats`` runs, the load average is recorded before and
 after, and the fraction of the wall time the process actually ran on a CPU is reported (``cpu_share``; below 1 the
@@ -220,6 +221,35 @@ def roofline(flops: float, nbytes: float, seconds: float, peak_gflops: float, bw
             "fraction_of_limit": achieved / limit, "fraction_of_matmul_peak": achieved / peak_gflops}
 
 
+def inverse_ab(posterior: Posterior, rows: int, rounds: int) -> dict | None:
+    """One inverse pass of ``rows`` latent rows for one observation, timed in alternation (so both see the same
+    load): ``flow.inverse(z, c, jac=False)`` through FrEIA with fresh activations (what sampling ran before
+    ``sample_inverse``) against ``flow.sample_inverse(z, c)``; best and median wall and CPU milliseconds."""
+    flow, dev = posterior.model.flow, posterior.device
+    if not hasattr(flow, "sample_inverse"):  # an older sbi_inn (a --before run)
+        return None
+    with torch.inference_mode():
+        c = posterior.model.condition(torch.eye(OBS_DIM, device=dev)[:1])
+        z = torch.randn(rows, PARAM_DIM, generator=torch.Generator().manual_seed(0)).to(dev)
+        ways = {"freia_inverse": lambda: flow.inverse(z, c, jac=False),
+                "sample_inverse": lambda: flow.sample_inverse(z, c)}
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in ways}
+        for _ in range(rounds + 1):
+            for k, fn in ways.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                _sync(dev)
+                times[k].append((time.perf_counter() - t0, time.process_time() - c0))
+    out = {"rows": rows, "rounds": rounds}
+    for k, ts in times.items():
+        wall, cpu = sorted(t for t, _ in ts[1:]), sorted(c for _, c in ts[1:])
+        out[k] = {"wall_ms_best": 1e3 * wall[0], "wall_ms_median": 1e3 * wall[len(wall) // 2],
+                  "cpu_ms_best": 1e3 * cpu[0], "cpu_ms_median": 1e3 * cpu[len(cpu) // 2]}
+    out["speedup_cpu_best"] = out["freia_inverse"]["cpu_ms_best"] / out["sample_inverse"]["cpu_ms_best"]
+    out["speedup_wall_median"] = out["freia_inverse"]["wall_ms_median"] / out["sample_inverse"]["wall_ms_median"]
+    return out
+
+
 def machine_info() -> dict:
     cpu = platform.processor()
     try:
@@ -269,8 +299,16 @@ def run(threads: int, device: torch.device, args) -> dict:
               f"{row.get('samples_per_busy_second', 0):>10,.0f} {bb.get('achieved_gflops', 0):>7.1f} "
               f"{bb.get('limit_gflops', 0):>6.1f} {bb.get('binding', '-'):>8} "
               f"{100 * bb.get('fraction_of_limit', 0):>6.1f}% {row.get('cpu_share', 0):>5.2f}", flush=True)
+    ab = inverse_ab(posterior, SAMPLE_CHUNK_ROWS, 5 if args.quick else 20)
+    if ab is not None:
+        f, q = ab["freia_inverse"], ab["sample_inverse"]
+        print(f"    inverse pass of {ab['rows']} rows, alternated x{ab['rounds']}: FrEIA inverse "
+              f"{f['cpu_ms_best']:.1f} ms CPU best ({f['wall_ms_median']:.1f} ms wall median), sample_inverse "
+              f"{q['cpu_ms_best']:.1f} ms "
+              f"({q['wall_ms_median']:.1f} ms): x{ab['speedup_cpu_best']:.2f} CPU, x{ab['speedup_wall_median']:.2f} "
+              f"wall", flush=True)
     return {"threads": threads, "matmul_peak": peak, "memory_bandwidth": dram, "cache_bandwidth_1mib": cache,
-            "sampling": rows}
+            "sampling": rows, "inverse_pass_ab": ab}
 
 
 def merge_before(result: dict, before_paths: list[Path]) -> None:
