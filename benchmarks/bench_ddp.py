@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from _common import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ddp.json"
 
@@ -148,12 +149,9 @@ def main() -> None:
     record = {
         "benchmark": "bench_ddp", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sbi_inn_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "machine": {"cpu_count": os.cpu_count(), "loadavg_before": list(load_before),
-                    "loadavg_after": list(os.getloadavg()),
+        "machine": {**machine_info(), "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
                     "load1_before_after": {"1 process (single and DDP 1)": loads[1], "DDP 2 processes": loads[2]},
-                    "platform": platform.platform(),
-                    "processor": platform.processor(), "shared": "the machine runs other jobs at the same time",
-                    "threads_per_process": 1},
+                    "shared": "the machine runs other jobs at the same time", "threads_per_process": 1},
         "settings": {"simulator": args.simulator, "num_simulations": args.num_simulations, "num_train": num_train,
                      "num_test": int(test_x.shape[0]), "epochs": args.epochs, "global_batch_size": args.batch_size,
                      "seeds": args.seeds, "simulation_seed": 1000, "test_seeds": "chunk i: (2000 + i, 3000 + i)",

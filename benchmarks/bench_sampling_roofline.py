@@ -35,12 +35,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _common
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -251,22 +251,13 @@ def inverse_ab(posterior: Posterior, rows: int, rounds: int) -> dict | None:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """``_common.machine_info()`` plus the commit of the ``sbi_inn`` measured and the GPU's name."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(sbi_inn.__file__).parent, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "sbi_inn_path": str(Path(sbi_inn.__file__).parent), "sbi_inn_commit": commit,
+    return {**_common.machine_info(), "sbi_inn_path": str(Path(sbi_inn.__file__).parent), "sbi_inn_commit": commit,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

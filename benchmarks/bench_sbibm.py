@@ -11,6 +11,8 @@ benchmark's published data files, which the ``sbibm`` 1.1.0 wheel on PyPI carrie
 Methods, side by side on the *same* training simulations per (task, budget, seed):
 
 * ``sbi_inn``: ``sbi_inn.fit_posterior(data=(x, y), prior=task.prior, seed=seed)`` with its defaults (cINN);
+  ``sbi_inn_ema`` the same with ``TrainConfig.ema=0.99``; ``sbi_inn_ens3`` ``sbi_inn.fit_ensemble(..., members=3)``
+  (an equal-weight mixture of three default fits);
 * ``sbi_maf``: sbi's ``NPE(prior)`` with its defaults (density estimator ``"maf"``);
 * ``sbi_nsf``: sbi's ``NPE(prior, density_estimator="nsf")``.
 
@@ -87,7 +89,10 @@ import _common  # noqa: E402
 from _common import fmt, machine_info, rerun_on_snapshot, single_thread  # noqa: E402
 from sbibm_tasks import TASKS, get_task  # noqa: E402  (the snapshot's copy when running)
 
-METHODS = ("sbi_inn", "sbi_maf", "sbi_nsf")
+# sbi_inn's defaults and the options of issue 15 that the test-NLL proxy (tune_test_nll.py) favoured
+SBI_INN_METHODS = {"sbi_inn": {}, "sbi_inn_ema": {"config": {"train": {"ema": 0.99}}},
+                   "sbi_inn_ens3": {"members": 3}}
+METHODS = (*SBI_INN_METHODS, "sbi_maf", "sbi_nsf")
 SBIBM_VERSION = "1.1.0"
 NUM_OBSERVATIONS = 10
 NUM_POSTERIOR_SAMPLES = 10_000
@@ -239,14 +244,15 @@ def worker(spec: dict) -> dict:
     task = get_task(spec["task"])
     cell = Path(spec["cell"])
     method = spec["method"]
-    post_path = cell / ("posterior.sbi" if method == "sbi_inn" else "posterior.pt")
+    ours = method in SBI_INN_METHODS
+    post_path = cell / ("posterior.sbi" if ours else "posterior.pt")
     info_path = cell / "train.json"
     todo = [(k, y) for k, y in zip(spec["observations"], spec["y_obs"]) if not (cell / f"samples_obs{k}.pt").is_file()]
     if info_path.is_file() and not todo:
         return {**json.loads(info_path.read_text()), "loaded": True, "new_draw_seconds": {}}
     if info_path.is_file() and post_path.is_file():
         info = json.loads(info_path.read_text())
-        if method == "sbi_inn":
+        if ours:
             from sbi_inn.posterior import load_posterior
 
             posterior = load_posterior(post_path, device="cpu")
@@ -258,11 +264,17 @@ def worker(spec: dict) -> dict:
         x, y = d["x"], d["y"]
         torch.manual_seed(spec["seed"])
         t0 = time.perf_counter()
-        if method == "sbi_inn":
+        if ours:
             import sbi_inn
-            from sbi_inn import fit_posterior
+            from sbi_inn import fit_ensemble, fit_posterior
 
-            posterior = fit_posterior(data=(x, y), prior=task.prior, seed=spec["seed"], show_progress=False)
+            variant = SBI_INN_METHODS[method]
+            if "members" in variant:
+                posterior = fit_ensemble(data=(x, y), prior=task.prior, seed=spec["seed"], show_progress=False,
+                                         members=variant["members"], config=variant.get("config"))
+            else:
+                posterior = fit_posterior(data=(x, y), prior=task.prior, seed=spec["seed"], show_progress=False,
+                                          config=variant.get("config"))
             train_seconds = time.perf_counter() - t0
             info = {"epochs": int(posterior.metadata.get("epochs_run", 0)), "sbi_inn_version": sbi_inn.__version__,
                     "inner_train_seconds": posterior.metadata.get("train_seconds"),
@@ -292,7 +304,7 @@ def worker(spec: dict) -> dict:
         torch.manual_seed(_stream_seed("samples", spec["seed"], k) % 2**62)
         t0 = time.perf_counter()
         with torch.no_grad():
-            if method == "sbi_inn":
+            if ours:
                 s = posterior.sample((spec["num_samples"],), y_obs)
             else:
                 s = posterior.sample((spec["num_samples"],), x=y_obs[None], show_progress_bars=False)
@@ -588,7 +600,7 @@ def find_cell(workdir: Path, key: str, reuse: bool) -> Path:
 
 
 def cell_key(task: str, budget: int, seed: int, method: str, digests: dict) -> str:
-    code = digests["tasks"] + ("-" + digests["sbi_inn"] if method == "sbi_inn" else "-" + digests["sbi"])
+    code = digests["tasks"] + ("-" + digests["sbi_inn"] if method in SBI_INN_METHODS else "-" + digests["sbi"])
     return f"{task}_n{budget}_seed{seed}_{method}_{code}"
 
 
