@@ -17,8 +17,11 @@ as such. The targets of issue 16: one megapixel at 256 samples per pixel in unde
 under 10 s on one modern GPU (none here).
 
 The machine may be shared: the load average is recorded before and after every measurement; a load above the
-core count slows every number down. Results: a printed table and ``benchmarks/results/maps.json`` (machine: CPU
-model, ``os.cpu_count()``, load; seeds and settings).
+core count slows every number down. With more than one thread each measurement runs twice, with OpenMP's default
+wait policy and with ``OMP_WAIT_POLICY=PASSIVE``: on an oversubscribed machine threads that spin at every
+barrier (the default) wait for each other's time slices, which made two threads 6-60x slower than one here.
+Results: a printed table and ``benchmarks/results/maps.json`` (machine: CPU model, ``os.cpu_count()``, load;
+seeds and settings).
 
 Usage:
     python benchmarks/bench_maps.py                          # the committed results
@@ -102,7 +105,7 @@ def worker(args) -> dict:
 
 
 def measure(posterior: Path, image: Path, work: Path, threads: int, num_samples: int, seed: int,
-            device: str, chunk_rows: int | None, timeout: float) -> dict | None:
+            device: str, chunk_rows: int | None, timeout: float, wait_policy: str = "default") -> dict | None:
     """One measurement in a fresh subprocess (its own peak memory), the worker's JSON as a dict; ``None`` when it
     ran past ``timeout`` seconds (killed)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--posterior", str(posterior), "--image",
@@ -111,6 +114,9 @@ def measure(posterior: Path, image: Path, work: Path, threads: int, num_samples:
     if chunk_rows is not None:
         cmd += ["--chunk-rows", str(chunk_rows)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.pop("OMP_WAIT_POLICY", None)
+    if wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = wait_policy
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -154,6 +160,9 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (%(default)s)")
     parser.add_argument("--max-seconds", type=float, default=900.0,
                         help="run the 1024 x 1024 image when predicted to take at most this long (%(default)s)")
+    parser.add_argument("--wait-policies", nargs="+", default=["default", "PASSIVE"],
+                        choices=["default", "PASSIVE", "ACTIVE"],
+                        help="OMP_WAIT_POLICY values tried with more than one thread (%(default)s; see the docstring)")
     parser.add_argument("--timeout", type=float, default=1800.0,
                         help="a measurement running longer is killed and recorded as such (%(default)s s)")
     parser.add_argument("--chunk-rows", type=int, default=None, help="pixels per engine chunk (engine default)")
@@ -187,13 +196,16 @@ def main(argv=None) -> dict | None:
     small = image_for(args.size, work, args.seed)
     runs, timed_out = [], []
     for threads in args.threads:
-        print(f"{args.size} x {args.size}, {threads} thread(s), {args.num_samples} samples/pixel ...", flush=True)
-        r = measure(posterior, small, work, threads, args.num_samples, args.seed, args.device, args.chunk_rows,
-                    args.timeout)
-        if r is None:
-            timed_out.append({"image": f"{args.size}x{args.size}", "threads": threads, "timeout_s": args.timeout})
-        else:
-            runs.append({"image": f"{args.size}x{args.size}", "measured": True, **r})
+        for policy in (args.wait_policies if threads > 1 else ["default"]):
+            print(f"{args.size} x {args.size}, {threads} thread(s), OMP_WAIT_POLICY {policy}, {args.num_samples} "
+                  "samples/pixel ...", flush=True)
+            r = measure(posterior, small, work, threads, args.num_samples, args.seed, args.device, args.chunk_rows,
+                        args.timeout, policy)
+            tag = {"image": f"{args.size}x{args.size}", "threads": threads, "omp_wait_policy": policy}
+            if r is None:
+                timed_out.append({**tag, "timeout_s": args.timeout})
+            else:
+                runs.append({**tag, "measured": True, **r})
     if not runs:
         raise SystemExit(f"every measurement ran past --timeout {args.timeout:g} s: {timed_out}")
     best = max(runs, key=lambda r: r["pixels_per_second"])
@@ -202,14 +214,15 @@ def main(argv=None) -> dict | None:
         print(f"1024 x 1024, {best['threads']} thread(s) (predicted {predicted:.0f} s) ...", flush=True)
         big = image_for(1024, work, args.seed)
         r = measure(posterior, big, work, best["threads"], args.num_samples, args.seed, args.device,
-                    args.chunk_rows, args.timeout)
+                    args.chunk_rows, args.timeout, best["omp_wait_policy"])
+        tag = {"image": "1024x1024", "threads": best["threads"], "omp_wait_policy": best["omp_wait_policy"]}
         if r is None:
-            timed_out.append({"image": "1024x1024", "threads": best["threads"], "timeout_s": args.timeout})
+            timed_out.append({**tag, "timeout_s": args.timeout})
         else:
-            runs.append({"image": "1024x1024", "measured": True, **r})
+            runs.append({**tag, "measured": True, **r})
     megapixel = {}
     for r in runs:
-        key = f"{r['threads']}_threads"
+        key = f"{r['threads']}_threads" + ("" if r["omp_wait_policy"] == "default" else f"_{r['omp_wait_policy']}")
         if r["image"] == "1024x1024":
             megapixel[key] = {"seconds": r["seconds"], "measured": True}
         elif key not in megapixel:
@@ -237,14 +250,17 @@ def main(argv=None) -> dict | None:
 def print_table(result: dict) -> None:
     print(f"\n{result['machine']['cpu_model']}, {result['machine']['cpu_count']} CPUs, load "
           f"{result['machine']['load_average']} -> {result['machine']['load_average_end']}")
-    print("| image | threads | s | pixels/s | samples/s (maps) | samples/s (bare sampling) | peak RSS MiB | load |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| image | threads | OMP_WAIT_POLICY | s | pixels/s | samples/s (maps) | samples/s (bare sampling) | "
+          "peak RSS MiB | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in result["runs"]:
-        print(f"| {r['image']} | {r['threads']} | {r['seconds']:.1f} | {r['pixels_per_second']:.0f} | "
+        print(f"| {r['image']} | {r['threads']} | {r['omp_wait_policy']} | {r['seconds']:.1f} | "
+              f"{r['pixels_per_second']:.0f} | "
               f"{r['samples_per_second']:.3g} | {r['bare_sampling_samples_per_second']:.3g} | "
               f"{r['peak_rss_mib']:.0f} | {r['load_average_before'][0]:.1f} |")
     for t in result["timed_out"]:
-        print(f"| {t['image']} | {t['threads']} | > {t['timeout_s']:.0f} (killed) | | | | | |")
+        print(f"| {t['image']} | {t['threads']} | {t['omp_wait_policy']} | > {t['timeout_s']:.0f} (killed) "
+              "| | | | | |")
     for key, m in result["megapixel_seconds"].items():
         how = "measured" if m["measured"] else f"extrapolated from {m['extrapolated_from']}"
         verdict = {True: "meets the 10-minute target", False: "misses the 10-minute target",
