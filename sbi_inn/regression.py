@@ -203,7 +203,8 @@ def fit_regressor(x, y, *, config: RegressorConfig | dict | None = None, seed: i
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(2000, 1, generator=g)
-        >>> reg = fit_regressor(x, 2 * x, config={"epochs": 20, "hidden": 16, "num_layers": 1}, show_progress=False)
+        >>> cfg = {"epochs": 40, "hidden": 32, "num_layers": 1, "lr": 1e-2, "lr_final": 1e-4}
+        >>> reg = fit_regressor(x, 2 * x, config=cfg, show_progress=False)
         >>> abs(float(reg.predict(torch.tensor([[1.0]]))) - 0.5) < 0.05
         True
     """
