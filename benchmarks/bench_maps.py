@@ -35,8 +35,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import resource
 import subprocess
 import sys
@@ -44,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "maps.json"
@@ -51,22 +50,8 @@ TARGET_SECONDS_1MP = 600.0    # issue 16: one megapixel at 256 samples per pixel
 MEGAPIXEL = 1024 * 1024
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` where that is missing)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def machine() -> dict:
-    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    return {**machine_info(), "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 # -- the worker: one measurement in a fresh process -------------------------------------------------------------

@@ -1,27 +1,18 @@
 """The main job, ``studies/end_to_end.py`` (README command 1), as a smoke run: its numbers, outputs and refusals."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from _studies import load_study
 
 from simulators import get_simulator
-
-SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "end_to_end.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("end_to_end", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("end_to_end") / "run"
-    summary = load_script().main(["--quick", "--out", str(out), "--quiet", "--seed", "0"])
+    summary = load_study("end_to_end").main(["--quick", "--out", str(out), "--quiet", "--seed", "0"])
     return out, summary
 
 
@@ -53,12 +44,12 @@ def test_a_second_run_refuses_to_overwrite_without_force(quick_run):
     out, _ = quick_run
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(SystemExit, match="--force"):
-        load_script().main(["--quick", "--out", str(out), "--quiet"])
+        load_study("end_to_end").main(["--quick", "--out", str(out), "--quiet"])
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 def test_a_simulation_file_of_another_run_is_refused_and_replaced_with_force(tmp_path):
-    script = load_script()
+    script = load_study("end_to_end")
     sim = get_simulator("inverse_kinematics", noise=script.NOISE)
     path = tmp_path / "inverse_kinematics.h5"
     assert script.simulate(sim, 300, path, 0, False, False)["num_rows"] == 300
@@ -74,6 +65,6 @@ def test_a_simulation_file_of_another_run_is_refused_and_replaced_with_force(tmp
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_numbers(quick_run, tmp_path):
     _, first = quick_run
-    second = load_script().main(["--quick", "--out", str(tmp_path / "again"), "--quiet", "--seed", "0"])
+    second = load_study("end_to_end").main(["--quick", "--out", str(tmp_path / "again"), "--quiet", "--seed", "0"])
     for key in ("c2st", "calibration_error", "resimulation_error", "training"):
         assert second[key] == first[key], key

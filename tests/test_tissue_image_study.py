@@ -1,31 +1,22 @@
 """studies/tissue_image_maps.py as a smoke run (a 16 x 16 image), and its scores against known answers."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from _studies import load_study
 
 from sbi_inn.priors import support_bounds
 from simulators.tissue_image import tissue_layout
 from simulators.tissue_spectra import TissueSpectra
 
-SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "tissue_image_maps.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("tissue_image_maps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tissue_image_maps") / "run"
-    summary = load_script().main(["--quick", "--out", str(out), "--quiet", "--seed", "0"])
+    summary = load_study("tissue_image_maps").main(["--quick", "--out", str(out), "--quiet", "--seed", "0"])
     return out, summary
 
 
@@ -64,17 +55,18 @@ def test_a_second_run_refuses_then_reuses_the_posterior_with_the_same_maps(quick
     out, _ = quick_run
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(SystemExit, match="--force"):
-        load_script().main(["--quick", "--out", str(out), "--quiet"])
+        load_study("tissue_image_maps").main(["--quick", "--out", str(out), "--quiet"])
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     other = tmp_path / "again"
-    load_script().main(["--quick", "--out", str(other), "--quiet", "--posterior", str(out / "tissue_spectra.sbi")])
+    load_study("tissue_image_maps").main(["--quick", "--out", str(other), "--quiet", "--posterior",
+                                          str(out / "tissue_spectra.sbi")])
     assert not (other / "tissue_spectra.sbi").exists()
     with h5py.File(out / "maps.h5", "r") as f, h5py.File(other / "maps.h5", "r") as g:
         assert np.array_equal(f["median"][()], g["median"][()])       # same image, posterior and seed
 
 
 def test_score_against_known_answers():
-    study = load_script()
+    study = load_study("tissue_image_maps")
     sim = TissueSpectra()
     h = w = 24
     layout = tissue_layout(h, w, seed=0)
@@ -100,7 +92,7 @@ def test_score_against_known_answers():
 
 
 def test_bad_arguments_are_named(tmp_path):
-    study = load_script()
+    study = load_study("tissue_image_maps")
     with pytest.raises(SystemExit):
         study.main(["--size", "4", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):

@@ -1,30 +1,21 @@
 """The tissue-oxygenation study (thesis 4.2.3, Table 4.2, Figs. 4.8 / 4.10): its --quick run end to end."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+from _studies import load_study
 
-STUDY = Path(__file__).resolve().parents[1] / "studies" / "tissue_oxygenation.py"
 SMALL_ROWS = ["INN", "INN, only L_y, L_z", "INN, only L_x", "cINN", "NN", "NN + dropout", "ABC", "MCMC",
               "simulation noise"]
 LARGE_ROWS = ["INN", "cINN", "NN", "NN + dropout", "ABC", "simulation noise"]
 METRICS = ["map_error_sO2", "map_error_recoverable", "map_resim_error", "calibration_error"]
 
 
-def _study():
-    spec = importlib.util.spec_from_file_location("tissue_oxygenation", STUDY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("tissue") / "quick"
-    mod = _study()
+    mod = load_study("tissue_oxygenation")
     return mod, out, mod.main(["--quick", "--quiet", "--out", str(out)])
 
 
@@ -67,9 +58,10 @@ def test_resimulation_noise_floor_is_sigma_times_chi(quick):
 
 def test_calibration_floor_matches_the_exact_posterior_value():
     # README: an exactly calibrated posterior scores 0.82 % on average with 1000 observations and 4 parameters
-    floor = _study().calibration_floor(1000, 4, reps=100, seed=0)
+    study = load_study("tissue_oxygenation")
+    floor = study.calibration_floor(1000, 4, reps=100, seed=0)
     assert 0.65 < floor["mean"] < 1.0 and floor["q90"] > floor["mean"]
-    assert _study().calibration_floor(16000, 4, reps=30, seed=0)["mean"] < 0.5 * floor["mean"]  # ~ 1 / sqrt(B)
+    assert study.calibration_floor(16000, 4, reps=30, seed=0)["mean"] < 0.5 * floor["mean"]  # ~ 1 / sqrt(B)
 
 
 def test_existing_results_are_refused_without_force(quick):
