@@ -47,6 +47,9 @@ def fit_ensemble(simulate: Callable | None = None, prior=None, *, num_simulation
             ``SeedTree(seed).seed("ensemble", k)``.
         config: the configuration of every member for ``members=K`` (``None``: the defaults).
 
+    Members are not checkpointed (there is no ``checkpoint_dir``): an interrupted call trains them again, on the
+    same simulations when ``data`` names a file (which resumes as in ``fit_posterior``).
+
     Returns:
         A :class:`~sbi_inn.posterior.Posterior` over a :class:`MixtureModel` (``combine="mixture"``) or over the kept
         member's model; ``metadata["ensemble"]`` records the members' seeds, configurations, best validation losses
