@@ -89,14 +89,14 @@ class MixtureModel(nn.Module):
             if K > 1:
                 torch.randint(K, (n,), generator=gen, out=pick[b])
         z = z.transpose(0, 1).reshape(n * B, D)  # rows (n, B): row r belongs to observation r % B
+        if K == 1:
+            return _decode(self.members[0], z, c).reshape(n, B, D)
         pick = pick.transpose(0, 1).reshape(n * B)
         obs = torch.arange(n * B, device=c.device) % B
         x = torch.empty_like(z)
         for k, (m, ck) in enumerate(zip(self.members, self._split(c))):
-            rows = (pick == k).nonzero().squeeze(1) if K > 1 else None
-            if rows is None:
-                x = _decode(m, z, ck)
-            elif rows.numel():
+            rows = (pick == k).nonzero().squeeze(1)
+            if rows.numel():
                 x[rows] = _decode(m, z[rows], ck[obs[rows]])
         return x.reshape(n, B, D)
 
