@@ -1,5 +1,7 @@
 """Shared fixtures and markers: ``slow`` (run with ``pytest -m slow``) and ``gpu`` (skipped without CUDA)."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -42,3 +44,27 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(before)
+
+
+@pytest.fixture
+def interrupted_in_epoch(monkeypatch):
+    """``with interrupted_in_epoch(3): fit(...)``: the third training epoch run inside the block raises
+    ``KeyboardInterrupt`` (as a user's Ctrl-C would), which the block must meet; training is normal again after it."""
+    import sbi_inn.train as train_module
+
+    @contextlib.contextmanager
+    def arm(epoch: int):
+        real, calls = train_module._run_epoch, []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == epoch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(train_module, "_run_epoch", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                yield
+
+    return arm

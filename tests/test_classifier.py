@@ -9,7 +9,6 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
 import sbi_inn.classifier as classifier_module
-import sbi_inn.train as train_module
 from sbi_inn import fit_classifier, load_classifier
 from sbi_inn.classifier import DEFAULT_GAMMA, IBINN, ClassifierConfig, ib_loss
 from sbi_inn.diagnostics.classification import classification_calibration, ood_auroc
@@ -268,22 +267,12 @@ def _weights(clf):
     return {k: v.clone() for k, v in clf.model.state_dict().items()}
 
 
-def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, interrupted_in_epoch):
     x, y = _two_gaussians(300, 4)
     cfg = {"flow": {"num_blocks": 1, "hidden": 8}, "train": {"epochs": 5, "batch_size": 64, "patience": None}}
     full = fit_classifier(x, y, config=cfg, seed=1, show_progress=False, checkpoint_dir=tmp_path / "full")
-    real_run_epoch, calls = train_module._run_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(3):
         fit_classifier(x, y, config=cfg, seed=1, show_progress=False, checkpoint_dir=tmp_path / "resumed")
-    monkeypatch.setattr(train_module, "_run_epoch", real_run_epoch)
     resumed = fit_classifier(x, y, config=cfg, seed=1, show_progress=False, checkpoint_dir=tmp_path / "resumed")
     wf, wr = _weights(full), _weights(resumed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, Uniform
 
-import sbi_inn.train as train_module
 from sbi_inn import DataConfig, FitConfig, FlowConfig, INNConfig, TrainConfig, fit_posterior
 from sbi_inn.config import (
     DEFAULT_TRAIN,
@@ -225,24 +224,14 @@ def test_same_seed_same_weights():
 
 
 @pytest.mark.parametrize("method", ["cinn", "inn"])
-def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch, method):
+def test_checkpoint_resume_equals_uninterrupted(tmp_path, interrupted_in_epoch, method):
     """Both methods resume from the one checkpoint of fit_posterior, interrupted in the third epoch."""
     cfg = {**TINY, "train": {"epochs": 5, "batch_size": 64, "patience": None}} if method == "cinn" else \
         {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 5, "batch_size": 64}}
     full = tiny_fit(method=method, config=cfg, seed=1, checkpoint_dir=tmp_path / "full")
 
-    real_run_epoch, calls = train_module._run_epoch, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_in_epoch(3):
         tiny_fit(method=method, config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
-    monkeypatch.setattr(train_module, "_run_epoch", real_run_epoch)
     resumed = tiny_fit(method=method, config=cfg, seed=1, checkpoint_dir=tmp_path / "resumed")
     wf, wr = weights(full), weights(resumed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
