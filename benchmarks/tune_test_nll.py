@@ -60,6 +60,10 @@ VARIANTS = {
     "ema0.995": {"train": {"ema": 0.995}},
     "ens3": {"members": 3},  # fit_ensemble: equal-weight mixture of 3 default fits on the same simulations
     "ens3_do0.1": {"members": 3, "flow": {"dropout": 0.1}},
+    "lin": {"precondition": "linear"},
+    "lin_nosum": {"precondition": "linear", "summary": "none"},
+    "shift": {"precondition": "shift"},
+    "lin_ema0.99": {"precondition": "linear", "train": {"ema": 0.99}},
 }
 TRIM = 0.01  # "trimmed": the mean without the worst 1 % of test pairs, which dominate the mean on some tasks
 OWN = {"gaussian_mixture": {}, "inverse_kinematics": {"noise": 0.01}, "tissue_spectra": {}, "gaussian_sets": {}}

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from sbi_inn.flows import ACTIVATIONS, CouplingFlow, FlowConfig, rq_spline
 from sbi_inn.summary import DeepSetSummary, MLPSummary, mlp
-from sbi_inn.transforms import Standardize, SupportTransform, standard_normal_log_prob
+from sbi_inn.transforms import LinearGaussian, Standardize, SupportTransform, standard_normal_log_prob
 
 SUMMARY_KINDS = ("mlp", "deepset", "none")
+PRECONDITIONS = ("none", "shift", "linear")
 DEFAULT_SUMMARY_DIM = 32
 
 
@@ -139,6 +140,12 @@ class ConditionalINN(nn.Module):
         summary_activation: nonlinearity of the summary network(s).
         summary_pool: the deep set's pool, ``"mean_std"`` (default) or ``"mean"`` (``sbi_inn.summary.DeepSetSummary``).
         spline_bins: bins of the 1-D spline flow (``D = 1`` only).
+        precondition: ``"none"`` (the flow maps ``v`` to ``z``), ``"shift"`` or ``"linear"``: the flow maps
+            ``w = L^-1 (v - A f(y) - b)``, a linear-Gaussian model of the posterior fitted by ridge regression on the
+            training data (:class:`sbi_inn.transforms.LinearGaussian`), where ``f(y)`` is the standardised observation
+            (for sets: the mean of the standardised members). The condition ``c`` then carries the linear prediction
+            ``A f(y) + b`` in its last ``D`` columns. ``"shift"`` is the same with ``L = I``: the flow models
+            ``v - A f(y) - b``.
 
     Example:
         >>> model = ConditionalINN(2, (3,), flow=FlowConfig(num_blocks=2, hidden=16), summary_dim=4)
@@ -150,8 +157,11 @@ class ConditionalINN(nn.Module):
     def __init__(self, param_dim: int, obs_shape: Sequence[int], *, support_low=None, support_high=None,
                  is_set_valued: bool = False, flow: FlowConfig | None = None, summary: str | nn.Module = "auto",
                  summary_dim: int | None = None, summary_hidden: int = 128, summary_layers: int | None = None,
-                 summary_activation: str = "relu", summary_pool: str = "mean_std", spline_bins: int = 8):
+                 summary_activation: str = "relu", summary_pool: str = "mean_std", spline_bins: int = 8,
+                 precondition: str = "none"):
         super().__init__()
+        if precondition not in PRECONDITIONS:
+            raise ValueError(f"ConditionalINN: precondition must be one of {PRECONDITIONS}, got {precondition!r}")
         if param_dim < 1:
             raise ValueError(f"ConditionalINN: param_dim must be >= 1, got {param_dim}")
         self.param_dim = int(param_dim)
@@ -206,6 +216,11 @@ class ConditionalINN(nn.Module):
                 else:
                     self.summary = DeepSetSummary(obs_size, self.summary_dim, summary_hidden, summary_layers,
                                                   summary_activation, pool=summary_pool)
+        self.precondition = precondition
+        self.linear = None
+        if precondition != "none":
+            self.linear = LinearGaussian(self.obs_shape[-1] if self.is_set_valued else obs_size, self.param_dim)
+        self.cond_dim = self.summary_dim + (self.param_dim if self.linear is not None else 0)
         if self.param_dim >= 2:
             self.flow = CouplingFlow(self.param_dim, self.summary_dim, flow)
         else:
@@ -228,7 +243,18 @@ class ConditionalINN(nn.Module):
             self.y_standardize.fit(y, mask=self._mask(y, sizes))
         else:
             self.y_standardize.fit(y)
+        if self.linear is not None:
+            self.linear.fit(self.x_standardize(self.support.inverse(x)), self._features(y, sizes),
+                            whiten=self.precondition == "linear")
         return self
+
+    def _features(self, y: Tensor, sizes: Tensor | None) -> Tensor:
+        """The linear model's features ``(B, F)``: the standardised observation, for sets its members' mean."""
+        y = self.y_standardize(y)
+        if not self.is_set_valued:
+            return y.reshape(y.shape[0], -1)
+        w = self._mask(y, sizes).to(y.dtype).unsqueeze(-1)
+        return (y * w).sum(1) / w.sum(1).clamp_min(1)
 
     def _mask(self, y: Tensor, sizes: Tensor | None) -> Tensor:
         K = y.shape[1]
@@ -238,13 +264,36 @@ class ConditionalINN(nn.Module):
 
     # -- the Posterior protocol ----------------------------------------------------------------------------------
     def condition(self, y: Tensor, sizes: Tensor | None = None) -> Tensor:
-        """Summary ``c = phi(standardised y)`` ``(B, C)`` for observations ``(B, *obs_shape)`` (sets ``(B, K, M)``)."""
-        y = self.y_standardize(y)
+        """Summary ``c = phi(standardised y)`` ``(B, C)`` for observations ``(B, *obs_shape)`` (sets ``(B, K, M)``);
+        with a preconditioner (``"shift"``, ``"linear"``) followed by the linear prediction ``(B, D)``: ``(B, C + D)``.
+        """
+        ys = self.y_standardize(y)
         if not self.is_set_valued:
-            return self.summary(y)
-        mask = self._mask(y, sizes)
-        y = torch.where(mask.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
-        return self.summary(y, mask)
+            c = self.summary(ys)
+        else:
+            mask = self._mask(ys, sizes)
+            c = self.summary(torch.where(mask.unsqueeze(-1), ys, torch.zeros((), dtype=ys.dtype, device=ys.device)),
+                             mask)
+        if self.linear is None:
+            return c
+        return torch.cat([c, self.linear.mean(self._features(y, sizes))], dim=1)
+
+    def _split(self, c: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(summary, linear prediction or None)`` from a condition of :meth:`condition`."""
+        if self.linear is None:
+            return c, None
+        return c[:, : self.summary_dim], c[:, self.summary_dim :]
+
+    def _to_latent(self, v: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """``z`` and ``log|dz/dv|`` ``(N,)`` for standardised parameters ``v`` ``(N, D)``."""
+        cs, mean = self._split(c)
+        if mean is None:
+            return self.flow(v, cs)
+        reps = v.shape[0] // mean.shape[0]
+        if reps > 1:  # (B, D) conditions over the (n, B) row layout
+            mean = mean.repeat(reps, 1)
+        z, logdet = self.flow(self.linear(v, mean), cs)
+        return z, logdet + self.linear.log_abs_det()
 
     def log_prob_given(self, x: Tensor, c: Tensor) -> Tensor:
         """``log q(x | y)`` ``(N,)`` for parameters ``x`` ``(N, D)`` and summaries ``c`` ``(N, C)`` or ``(1, C)``.
@@ -253,7 +302,7 @@ class ConditionalINN(nn.Module):
         """
         u = self.support.inverse(x)
         v = self.x_standardize(u)
-        z, logdet = self.flow(v, c)
+        z, logdet = self._to_latent(v, c)
         logp = (standard_normal_log_prob(z) + logdet + self.x_standardize.log_abs_det()
                 - self.support.log_abs_det(u))
         return torch.where(self.support.contains(x), logp, torch.full_like(logp, -math.inf))
@@ -270,13 +319,21 @@ class ConditionalINN(nn.Module):
         gen = torch.Generator(device=c.device)  # one generator re-seeded per row, cheaper than a new one per row
         for b, seed in enumerate(_row_seeds(generator, B)):
             torch.randn(n, self.param_dim, generator=gen.manual_seed(seed), out=z[b])
-        z = z.transpose(0, 1).reshape(n * B, self.param_dim)
-        if isinstance(self.flow, CouplingFlow):  # rows (n, B): row r uses c[r % B]
+        z = z.transpose(0, 1).reshape(n * B, self.param_dim)  # rows (n, B): row r uses c[r % B]
+        return self.decode(z, c).reshape(n, B, self.param_dim)
+
+    def decode(self, z: Tensor, c: Tensor) -> Tensor:
+        """Parameters ``(N, D)`` of latents ``z`` ``(N, D)`` under conditions ``c`` ``(N, C)`` or ``(B, C)`` with
+        ``B`` dividing ``N`` (row ``r`` uses ``c[r % B]``): the inverse pass of :meth:`sample_given`, without noise."""
+        c, mean = self._split(c)
+        if isinstance(self.flow, CouplingFlow):
             v = self.flow.sample_inverse(z, c)  # = flow.inverse(z, c, jac=False)[0], bit for bit
         else:
             v, _ = self.flow.inverse(z, c, jac=False)
-        x = self.support(self.x_standardize.inverse(v))
-        return x.reshape(n, B, self.param_dim)
+        if mean is not None:
+            reps = z.shape[0] // mean.shape[0]
+            v = self.linear.inverse(v, mean if reps == 1 else mean.repeat(reps, 1))
+        return self.support(self.x_standardize.inverse(v))
 
     # -- training ---------------------------------------------------------------------------------------------
     def nll_rows(self, batch: tuple[Tensor, ...]) -> Tensor:
@@ -292,7 +349,7 @@ class ConditionalINN(nn.Module):
             sizes = sizes.sum(-1)
         c = self.condition(y, sizes)
         v = self.x_standardize(self.support.inverse(x))
-        z, logdet = self.flow(v, c)
+        z, logdet = self._to_latent(v, c)
         return -(standard_normal_log_prob(z) + logdet) / self.param_dim
 
     def loss(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
@@ -318,7 +375,7 @@ class ConditionalINN(nn.Module):
         return {"type": "cinn", "param_dim": self.param_dim, "obs_shape": list(self.obs_shape),
                 "is_set_valued": self.is_set_valued, "support_low": _bounds_to_json(self.support.lo),
                 "support_high": _bounds_to_json(self.support.hi), "flow": self.flow_config.to_dict(),
-                "summary": summary, "spline_bins": self.spline_bins}
+                "summary": summary, "spline_bins": self.spline_bins, "precondition": self.precondition}
 
     @classmethod
     def from_config(cls, config: dict, summary: nn.Module | None = None) -> ConditionalINN:
@@ -329,7 +386,8 @@ class ConditionalINN(nn.Module):
         common = {"is_set_valued": config["is_set_valued"], "flow": FlowConfig(**config["flow"]),
                   "support_low": _bounds_from_json(config["support_low"], -math.inf),
                   "support_high": _bounds_from_json(config["support_high"], math.inf),
-                  "spline_bins": config.get("spline_bins", 8)}
+                  "spline_bins": config.get("spline_bins", 8),
+                  "precondition": config.get("precondition", "none")}  # files written before the option: none
         if s["kind"] == "custom":
             if summary is None:
                 raise ValueError(f"this posterior was trained with a custom summary network {s['class']} "

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from sbi_inn.checks import check_types
+from sbi_inn.cinn import PRECONDITIONS
 from sbi_inn.flows import FlowConfig
 from sbi_inn.summary import POOLS
 from sbi_inn.train import TrainConfig
@@ -120,6 +121,9 @@ class FitConfig:
         summary_pool: the deep set's pool over set members, ``"mean_std"`` (mean and spread of the member features,
             the default) or ``"mean"`` (thesis sec. 3.8.6, eq. 3.14, alone); see ``sbi_inn.summary.DeepSetSummary``.
         spline_bins: bins of the exact 1-D spline flow used for one-parameter problems.
+        precondition: ``"none"``, ``"shift"`` or ``"linear"``: the flow models the posterior's departure from a
+            linear model of its mean (``"shift"``) or a linear-Gaussian model (``"linear"``), fitted by ridge
+            regression on the training simulations (``sbi_inn.cinn.ConditionalINN``).
 
     Example:
         >>> cfg = FitConfig.from_dict({"flow": {"num_blocks": 4}, "train": {"epochs": 50}, "summary_dim": 16})
@@ -137,6 +141,7 @@ class FitConfig:
     summary_activation: str = "relu"
     summary_pool: str = "mean_std"
     spline_bins: int = 8
+    precondition: str = "none"
 
     def __post_init__(self):
         check_types(self)  # a JSON value of the wrong type is named here
@@ -151,6 +156,8 @@ class FitConfig:
             raise ValueError(f"FitConfig: summary_dim must be >= 1 or None, got {self.summary_dim}")
         if self.summary_hidden < 1 or (self.summary_layers or 0) < 0 or self.spline_bins < 2:
             raise ValueError("FitConfig: summary_hidden >= 1, summary_layers >= 0 and spline_bins >= 2 required")
+        if self.precondition not in PRECONDITIONS:
+            raise ValueError(f"FitConfig: precondition must be one of {PRECONDITIONS}, got {self.precondition!r}")
         if self.summary_pool not in POOLS:
             raise ValueError(f"FitConfig: summary_pool must be one of {POOLS}, got {self.summary_pool!r}")
 

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from sbi_inn.cinn import ConditionalINN, _row_seeds
-from sbi_inn.flows import CouplingFlow
 
 __all__ = ["MixtureModel"]
 
@@ -53,7 +52,7 @@ class MixtureModel(nn.Module):
         self.support = first.support
         self.flow_config = first.flow_config
         self.summary_kind = first.summary_kind
-        self._widths = [m.summary_dim for m in members]
+        self._widths = [m.cond_dim for m in members]
 
     @property
     def num_members(self) -> int:
@@ -90,14 +89,14 @@ class MixtureModel(nn.Module):
                 torch.randint(K, (n,), generator=gen, out=pick[b])
         z = z.transpose(0, 1).reshape(n * B, D)  # rows (n, B): row r belongs to observation r % B
         if K == 1:
-            return _decode(self.members[0], z, c).reshape(n, B, D)
+            return self.members[0].decode(z, c).reshape(n, B, D)
         pick = pick.transpose(0, 1).reshape(n * B)
         obs = torch.arange(n * B, device=c.device) % B
         x = torch.empty_like(z)
         for k, (m, ck) in enumerate(zip(self.members, self._split(c))):
             rows = (pick == k).nonzero().squeeze(1)
             if rows.numel():
-                x[rows] = _decode(m, z[rows], ck[obs[rows]])
+                x[rows] = m.decode(z[rows], ck[obs[rows]])
         return x.reshape(n, B, D)
 
     # -- configuration ----------------------------------------------------------------------------------------
@@ -115,13 +114,3 @@ class MixtureModel(nn.Module):
         if not isinstance(members, list) or not members:
             raise ValueError("MixtureModel.from_config: 'members' must be a non-empty list of cinn configurations")
         return cls([ConditionalINN.from_config(m) for m in members])
-
-
-def _decode(member: ConditionalINN, z: Tensor, c: Tensor) -> Tensor:
-    """Parameters ``(N, D)`` of latents ``z`` ``(N, D)`` under conditions ``c`` ``(N, C)`` (or ``(B, C)``, ``B | N``):
-    the inverse pass of :meth:`ConditionalINN.sample_given` without its noise."""
-    if isinstance(member.flow, CouplingFlow):
-        v = member.flow.sample_inverse(z, c)  # inverse(z, c, jac=False)[0] by the fast sampling path
-    else:
-        v, _ = member.flow.inverse(z, c, jac=False)
-    return member.support(member.x_standardize.inverse(v))
