@@ -13,7 +13,8 @@ Methods, side by side on the *same* training simulations per (task, budget, seed
 * ``sbi_inn``: ``sbi_inn.fit_posterior(data=(x, y), prior=task.prior, seed=seed)`` with its defaults (cINN);
   ``sbi_inn_ema`` the same with ``TrainConfig.ema=0.99``; ``sbi_inn_ens3`` ``sbi_inn.fit_ensemble(..., members=3)``
   (an equal-weight mixture of three default fits); ``sbi_inn_lin`` ``FitConfig.precondition="linear"``,
-  ``sbi_inn_shift`` ``"shift"`` and ``sbi_inn_lin_ens3`` three ``"linear"`` fits mixed;
+  ``sbi_inn_shift`` ``"shift"``, ``sbi_inn_lin_ens3`` three ``"linear"`` fits mixed and ``sbi_inn_pcmix`` a default
+  and a ``"linear"`` fit mixed;
 * ``sbi_maf``: sbi's ``NPE(prior)`` with its defaults (density estimator ``"maf"``);
 * ``sbi_nsf``: sbi's ``NPE(prior, density_estimator="nsf")``.
 
@@ -94,7 +95,8 @@ from sbibm_tasks import TASKS, get_task  # noqa: E402  (the snapshot's copy when
 SBI_INN_METHODS = {"sbi_inn": {}, "sbi_inn_ema": {"config": {"train": {"ema": 0.99}}},
                    "sbi_inn_ens3": {"members": 3}, "sbi_inn_lin": {"config": {"precondition": "linear"}},
                    "sbi_inn_shift": {"config": {"precondition": "shift"}},
-                   "sbi_inn_lin_ens3": {"members": 3, "config": {"precondition": "linear"}}}
+                   "sbi_inn_lin_ens3": {"members": 3, "config": {"precondition": "linear"}},
+                   "sbi_inn_pcmix": {"members": [{}, {"precondition": "linear"}]}}
 METHODS = (*SBI_INN_METHODS, "sbi_maf", "sbi_nsf")
 SBIBM_VERSION = "1.1.0"
 NUM_OBSERVATIONS = 10

@@ -63,6 +63,11 @@ VARIANTS = {
     "lin": {"precondition": "linear"},
     "lin_nosum": {"precondition": "linear", "summary": "none"},
     "shift": {"precondition": "shift"},
+    "ep400": {"train": {"epochs": 400}},
+    "lin_ep400": {"precondition": "linear", "train": {"epochs": 400}},
+    # fit_ensemble over two configurations on one validation split: the better one, or both mixed
+    "pc_best": {"members": [{}, {"precondition": "linear"}], "combine": "best"},
+    "pc_mix": {"members": [{}, {"precondition": "linear"}], "combine": "mixture"},
     "lin_ema0.99": {"precondition": "linear", "train": {"ema": 0.99}},
 }
 TRIM = 0.01  # "trimmed": the mean without the worst 1 % of test pairs, which dominate the mean on some tasks
@@ -98,14 +103,16 @@ def main(argv: list[str]) -> None:
                 prior, x, y, s = simulations(task, n, torch.Generator().manual_seed(seed))
                 config = dict(VARIANTS[name])
                 summary, members = config.pop("summary", "auto"), config.pop("members", 1)
+                combine = config.pop("combine", "mixture")
                 t0 = time.time()
                 data = (x, y) if s is None else (x, y, s)
                 if members == 1:
                     post = fit_posterior(data=data, prior=prior, seed=seed, config=config, summary=summary,
                                          show_progress=False)
                 else:
-                    post = fit_ensemble(data=data, prior=prior, seed=seed, members=members, config=config,
-                                        summary=summary, show_progress=False)
+                    post = fit_ensemble(data=data, prior=prior, seed=seed, members=members, combine=combine,
+                                        config=None if isinstance(members, list) else config, summary=summary,
+                                        show_progress=False)
                 seconds = time.time() - t0
                 with torch.no_grad():
                     rows = -post.log_prob(xt, yt, sizes=st)
