@@ -244,13 +244,13 @@ class ConditionalINN(nn.Module):
         else:
             self.y_standardize.fit(y)
         if self.linear is not None:
-            self.linear.fit(self.x_standardize(self.support.inverse(x)), self._features(y, sizes),
-                            whiten=self.precondition == "linear")
+            self.linear.fit(self.x_standardize(self.support.inverse(x)),
+                            self._features(self.y_standardize(y), sizes), whiten=self.precondition == "linear")
         return self
 
     def _features(self, y: Tensor, sizes: Tensor | None) -> Tensor:
-        """The linear model's features ``(B, F)``: the standardised observation, for sets its members' mean."""
-        y = self.y_standardize(y)
+        """The linear model's features ``(B, F)`` of standardised observations ``y``: ``y`` itself, flattened; for
+        sets its members' mean."""
         if not self.is_set_valued:
             return y.reshape(y.shape[0], -1)
         w = self._mask(y, sizes).to(y.dtype).unsqueeze(-1)
@@ -276,22 +276,22 @@ class ConditionalINN(nn.Module):
                              mask)
         if self.linear is None:
             return c
-        return torch.cat([c, self.linear.mean(self._features(y, sizes))], dim=1)
+        return torch.cat([c, self.linear.mean(self._features(ys, sizes))], dim=1)
 
-    def _split(self, c: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(summary, linear prediction or None)`` from a condition of :meth:`condition`."""
+    def _split(self, c: Tensor, n_rows: int) -> tuple[Tensor, Tensor | None]:
+        """``(summary, linear prediction or None)`` from a condition of :meth:`condition`; the prediction is repeated
+        over ``n_rows`` rows of the ``(n, B)`` layout (row ``r`` uses ``c[r % B]``), the summary is left to the flow."""
         if self.linear is None:
             return c, None
-        return c[:, : self.summary_dim], c[:, self.summary_dim :]
+        mean = c[:, self.summary_dim :]
+        reps = n_rows // mean.shape[0]
+        return c[:, : self.summary_dim], mean if reps == 1 else mean.repeat(reps, 1)
 
     def _to_latent(self, v: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """``z`` and ``log|dz/dv|`` ``(N,)`` for standardised parameters ``v`` ``(N, D)``."""
-        cs, mean = self._split(c)
+        cs, mean = self._split(c, v.shape[0])
         if mean is None:
             return self.flow(v, cs)
-        reps = v.shape[0] // mean.shape[0]
-        if reps > 1:  # (B, D) conditions over the (n, B) row layout
-            mean = mean.repeat(reps, 1)
         z, logdet = self.flow(self.linear(v, mean), cs)
         return z, logdet + self.linear.log_abs_det()
 
@@ -325,14 +325,13 @@ class ConditionalINN(nn.Module):
     def decode(self, z: Tensor, c: Tensor) -> Tensor:
         """Parameters ``(N, D)`` of latents ``z`` ``(N, D)`` under conditions ``c`` ``(N, C)`` or ``(B, C)`` with
         ``B`` dividing ``N`` (row ``r`` uses ``c[r % B]``): the inverse pass of :meth:`sample_given`, without noise."""
-        c, mean = self._split(c)
+        c, mean = self._split(c, z.shape[0])
         if isinstance(self.flow, CouplingFlow):
             v = self.flow.sample_inverse(z, c)  # = flow.inverse(z, c, jac=False)[0], bit for bit
         else:
             v, _ = self.flow.inverse(z, c, jac=False)
         if mean is not None:
-            reps = z.shape[0] // mean.shape[0]
-            v = self.linear.inverse(v, mean if reps == 1 else mean.repeat(reps, 1))
+            v = self.linear.inverse(v, mean)
         return self.support(self.x_standardize.inverse(v))
 
     # -- training ---------------------------------------------------------------------------------------------

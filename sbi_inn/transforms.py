@@ -182,21 +182,20 @@ class LinearGaussian(nn.Module):
         """Fit on ``v`` ``(n, D)`` and ``f`` ``(n, F)`` (in float64); returns ``self``. ``whiten=False`` keeps
         ``L = I``: the map then only subtracts the linear prediction."""
         v64, f64 = v.double(), f.double()
-        n = v64.shape[0]
+        n, D = v64.shape
+        eye = torch.eye(D, dtype=torch.float64, device=v64.device)
         fm, vm = f64.mean(0), v64.mean(0)
         fc, vc = f64 - fm, v64 - vm
         gram = fc.T @ fc + ridge * n * torch.eye(fc.shape[1], dtype=torch.float64, device=fc.device)
         A = torch.linalg.solve(gram, fc.T @ vc)
         resid = vc - fc @ A
         cov = resid.T @ resid / max(n - 1, 1)
-        cov = cov + 1e-6 * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(cov.shape[0], dtype=torch.float64,
-                                                                              device=cov.device)
-        L = torch.linalg.cholesky(cov) if whiten else torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
+        cov = cov + 1e-6 * cov.diagonal().mean().clamp_min(1e-12) * eye
+        L = torch.linalg.cholesky(cov) if whiten else eye
         self.A.copy_(A)
         self.b.copy_(vm - fm @ A)
         self.L.copy_(L)
-        self.L_inv.copy_(torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=torch.float64,
-                                                                      device=L.device), upper=False))
+        self.L_inv.copy_(torch.linalg.solve_triangular(L, eye, upper=False))
         return self
 
     def mean(self, f: Tensor) -> Tensor:

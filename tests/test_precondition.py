@@ -102,7 +102,7 @@ def test_density_is_the_change_of_variables_of_the_whole_map(lo, hi, preconditio
     # samples map back to latents that the inverse produced: z -> x -> z round trip
     z = torch.randn(12, 3, generator=gen)
     with torch.no_grad():
-        cs, mean = model._split(cc)
+        cs, mean = model._split(cc, z.shape[0])
         v = model.linear.inverse(model.flow.inverse(z, cs, jac=False)[0], mean)
         z2 = model._to_latent(v, cc)[0]
     torch.testing.assert_close(z2, z, atol=1e-4, rtol=1e-4)
