@@ -14,7 +14,8 @@ Methods, side by side on the *same* training simulations per (task, budget, seed
   ``sbi_inn_ema`` the same with ``TrainConfig.ema=0.99``; ``sbi_inn_ens3`` ``sbi_inn.fit_ensemble(..., members=3)``
   (an equal-weight mixture of three default fits); ``sbi_inn_lin`` ``FitConfig.precondition="linear"``,
   ``sbi_inn_shift`` ``"shift"``, ``sbi_inn_lin_ens3`` three ``"linear"`` fits mixed and ``sbi_inn_pcmix`` a default
-  and a ``"linear"`` fit mixed;
+  and a ``"linear"`` fit mixed; ``sbi_inn_ep400`` the defaults with a 400-epoch cap (the learning rate then decays
+  over 400 epochs);
 * ``sbi_maf``: sbi's ``NPE(prior)`` with its defaults (density estimator ``"maf"``);
 * ``sbi_nsf``: sbi's ``NPE(prior, density_estimator="nsf")``.
 
@@ -96,7 +97,8 @@ SBI_INN_METHODS = {"sbi_inn": {}, "sbi_inn_ema": {"config": {"train": {"ema": 0.
                    "sbi_inn_ens3": {"members": 3}, "sbi_inn_lin": {"config": {"precondition": "linear"}},
                    "sbi_inn_shift": {"config": {"precondition": "shift"}},
                    "sbi_inn_lin_ens3": {"members": 3, "config": {"precondition": "linear"}},
-                   "sbi_inn_pcmix": {"members": [{}, {"precondition": "linear"}]}}
+                   "sbi_inn_pcmix": {"members": [{}, {"precondition": "linear"}]},
+                   "sbi_inn_ep400": {"config": {"train": {"epochs": 400}}}}
 METHODS = (*SBI_INN_METHODS, "sbi_maf", "sbi_nsf")
 SBIBM_VERSION = "1.1.0"
 NUM_OBSERVATIONS = 10

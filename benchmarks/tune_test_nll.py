@@ -65,6 +65,10 @@ VARIANTS = {
     "shift": {"precondition": "shift"},
     "ep400": {"train": {"epochs": 400}},
     "lin_ep400": {"precondition": "linear", "train": {"epochs": 400}},
+    "L2_ep400": {"flow": {"num_layers": 2}, "train": {"epochs": 400}},
+    "h128L2_ep400": {"flow": {"hidden": 128, "num_layers": 2}, "train": {"epochs": 400}},
+    "plat5": {"train": {"lr_schedule": "plateau", "lr_patience": 5, "epochs": 400}},
+    "plat10": {"train": {"lr_schedule": "plateau", "lr_patience": 10, "epochs": 400}},
     # fit_ensemble over two configurations on one validation split: the better one, or both mixed
     "pc_best": {"members": [{}, {"precondition": "linear"}], "combine": "best"},
     "pc_mix": {"members": [{}, {"precondition": "linear"}], "combine": "mixture"},

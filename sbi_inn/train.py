@@ -65,6 +65,9 @@ class Step:
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Step], tuple[Tensor, dict[str, float]]]
 
 
+LR_SCHEDULES = ("exponential", "plateau")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings.
@@ -73,7 +76,17 @@ class TrainConfig:
         epochs: maximum number of passes over the training data.
         batch_size: samples per gradient step; ``None`` sizes it to the training set (:func:`batch_size_for`: a
             small simulation budget then still gets about 8 steps per epoch).
-        lr, lr_final: learning rate at the first and the last epoch (exponential decay in between).
+        lr, lr_final: learning rate at the first and the last epoch (exponential decay in between), or, with
+            ``lr_schedule="plateau"``, the starting rate and the floor below which training stops.
+        lr_schedule: ``"exponential"`` (the default): the rate decays from ``lr`` to ``lr_final`` over ``epochs`` (or
+            the epochs a ``max_time`` budget plans); ``"plateau"``: the rate stays at ``lr`` and is multiplied by
+            ``lr_factor`` after every ``lr_patience`` epochs without a counted validation improvement (see
+            ``min_delta``), training going on from the weights of the best validation epoch so far, and stops
+            when the rate would fall below ``lr_final``; ``epochs`` is then only a cap.
+            The exponential decay ties the rate to the cap, so a task that is still improving at the cap stops
+            under-trained while one that overfits early stops at a high rate; the plateau rule decays when the
+            validation loss says so.
+        lr_patience, lr_factor: the plateau rule's epochs without improvement before each reduction and its factor.
         weight_decay: Adam weight decay.
         grad_clip: maximum gradient norm (``None`` disables clipping).
         patience: epochs without validation improvement before stopping (``None`` disables early stopping).
@@ -107,6 +120,9 @@ class TrainConfig:
     batch_size: int | None = 256
     lr: float = 1e-3
     lr_final: float = 1e-5
+    lr_schedule: str = "exponential"
+    lr_patience: int = 5
+    lr_factor: float = 0.5
     weight_decay: float = 0.0
     grad_clip: float | None = 8.0
     patience: int | None = 20
@@ -125,6 +141,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: learning rates must be positive, got {self.lr}, {self.lr_final}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig: grad_clip must be positive or None, got {self.grad_clip}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig: lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_patience < 1 or not 0 < self.lr_factor < 1:
+            raise ValueError(f"TrainConfig: lr_patience must be >= 1 and lr_factor in (0, 1), got {self.lr_patience}, "
+                             f"{self.lr_factor}")
         if not self.min_delta >= 0:
             raise ValueError(f"TrainConfig: min_delta must be >= 0, got {self.min_delta}")
         if not 0 <= self.val_trim < 0.5:
@@ -262,11 +283,13 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
                          f"got batch_size {config.batch_size} and {num_rows} training rows")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adam(params, config)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=_decay(config, config.epochs))
+    plateau = config.lr_schedule == "plateau"  # the rate then changes only in _reduce_on_plateau
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=1.0 if plateau else _decay(config, config.epochs))
     average = _Average(params, config.ema) if config.ema > 0 else None
     history: list[dict] = []
     best = {"val": math.inf, "state": None, "epoch": -1}
     counted = {"val": math.inf, "epoch": -1}  # the last improvement larger than min_delta (patience counts from it)
+    reduced = -1  # the epoch of the plateau rule's last reduction of the learning rate
     start_epoch, elapsed, planned = 0, 0.0, config.epochs
 
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -283,6 +306,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         best = {"val": float(state["best_val"]), "state": state.get("best_state"), "epoch": int(state["best_epoch"])}
         counted = {"val": float(state.get("counted_val", best["val"])),
                    "epoch": int(state.get("counted_epoch", best["epoch"]))}
+        reduced = int(state.get("reduced_epoch", -1))
         if state.get("finished", False):
             start_epoch = planned
     writes = distributed is None or distributed.is_main
@@ -317,7 +341,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
         if epoch == 0 and config.max_time is not None:  # plan the epochs that fit the budget (TrainConfig.max_time)
             planned = max(1, min(config.epochs, int(config.max_time // max(record["seconds"], 1e-9))))
-            scheduler.gamma = _decay(config, planned)
+            scheduler.gamma = 1.0 if plateau else _decay(config, planned)
             bar.total = planned
         scheduler.step()
         elapsed += record["seconds"]
@@ -326,13 +350,20 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
 
         if monitored < counted["val"] - config.min_delta:
             counted = {"val": monitored, "epoch": epoch}
+        exhausted = False
+        if plateau and epoch - max(counted["epoch"], reduced) >= config.lr_patience:
+            exhausted, reduced = not _reduce_on_plateau(optimizer, config), epoch
+            if not exhausted and best["state"] is not None and val_data is not None:
+                model.load_state_dict(best["state"])  # go on from the best weights, at the lower rate
+                if average is not None:
+                    average.load([p.detach() for p in params])
         stop = (config.patience is not None and epoch - counted["epoch"] >= config.patience) or (
-            config.max_time is not None and elapsed >= config.max_time) or epoch + 1 >= planned
+            config.max_time is not None and elapsed >= config.max_time) or epoch + 1 >= planned or exhausted
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("train_loss", "val_loss")})
         if ckpt is not None and writes:
             _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned,
-                             finished=stop, average=average)
+                             finished=stop, average=average, reduced=reduced)
         epoch += 1
         if stop:
             break
@@ -381,6 +412,17 @@ class _Average:
 def _decay(config: TrainConfig, epochs: int) -> float:
     """Per-epoch factor taking the learning rate from ``lr`` to ``lr_final`` over ``epochs`` epochs."""
     return (config.lr_final / config.lr) ** (1.0 / max(1, epochs - 1))
+
+
+def _reduce_on_plateau(optimizer: torch.optim.Optimizer, config: TrainConfig) -> bool:
+    """Multiply the learning rate by ``config.lr_factor``; ``False`` (rate unchanged) when that would take it below
+    ``config.lr_final``, which ends training (``TrainConfig.lr_schedule="plateau"``)."""
+    lr = optimizer.param_groups[0]["lr"] * config.lr_factor
+    if lr < config.lr_final * (1 - 1e-9):
+        return False
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return True
 
 
 def _adam(params, config: TrainConfig) -> torch.optim.Adam:
@@ -517,13 +559,14 @@ def _evaluate(model, loss_fn, data, config, device, noise, epoch, distributed=No
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, elapsed, history, best, counted, planned, *,
-                     finished, average: _Average | None = None) -> None:
+                     finished, average: _Average | None = None, reduced: int = -1) -> None:
     keys = sorted({k for rec in history for k in rec})
     rows = torch.tensor([[float(rec.get(k, math.nan)) for k in keys] for rec in history], dtype=torch.float64)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "epoch": epoch, "elapsed": elapsed, "history_keys": keys, "history_rows": rows,
              "best_val": best["val"], "best_epoch": best["epoch"], "best_state": best["state"], "finished": finished,
-             "counted_val": counted["val"], "counted_epoch": counted["epoch"], "planned_epochs": planned}
+             "counted_val": counted["val"], "counted_epoch": counted["epoch"], "planned_epochs": planned,
+             "reduced_epoch": reduced}
     if average is not None:
         state["ema"] = average.state()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -172,7 +172,7 @@ def run(args, out: Path, c2st_samples: int, c2st_options: dict) -> dict:
 
     # 2. train a conditional INN from the file, a fixed number of epochs (no early stopping, no time budget)
     print(f"[2/5] training a conditional INN for {args.epochs} epochs")
-    config = {"train": {"epochs": args.epochs, "patience": None}}
+    config = {"train": {"epochs": args.epochs, "patience": None, "lr_schedule": "exponential"}}
     t0 = time.perf_counter()
     posterior = fit_posterior(data=data_path, method="cinn", config=config, seed=args.seed, device=args.device,
                               show_progress=show)

@@ -176,7 +176,7 @@ def inn_config(args, budget: int, weights: dict) -> dict:
 
 def cinn_config(args, budget: int) -> dict:
     epochs = args.epochs_cinn if budget == args.budgets[0] else args.epochs_cinn_large
-    return {"train": {"epochs": epochs}}
+    return {"train": {"epochs": epochs, "lr_schedule": "exponential"}}  # the schedule its tables were made with
 
 
 def nn_config(args, budget: int, extra: dict) -> dict:

@@ -71,3 +71,16 @@ def test_a_json_value_of_the_wrong_type_is_named_when_the_config_is_built(build,
     """Values from JSON files and --config options: the field is named at once, not a bare comparison error later."""
     with pytest.raises(TypeError, match=message):
         build()
+
+
+def test_the_cinn_trains_with_the_plateau_schedule_from_2000_simulations_and_decays_over_150_epochs_below():
+    cfg = FitConfig()
+    large, small = cfg.train_for(10_000), cfg.train_for(1_000)
+    assert (large.lr_schedule, large.lr, large.lr_patience, large.lr_factor, large.epochs, large.patience) == (
+        "plateau", 1e-3, 10, 0.5, 400, 20)
+    assert (small.lr_schedule, small.lr, small.epochs, small.patience) == ("exponential", 2e-3, 150, 10)
+    # a dict overrides single fields of the rule that applies, the schedule included
+    assert FitConfig(train={"epochs": 50}).train_for(10_000).lr_schedule == "plateau"
+    assert FitConfig(train={"lr_schedule": "exponential"}).train_for(10_000).epochs == 400
+    with pytest.raises(TypeError, match="lr_patience must be an integer"):
+        FitConfig(train={"lr_patience": 2.5})

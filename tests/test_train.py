@@ -42,7 +42,10 @@ def test_training_reduces_loss_and_records_history():
     assert {"train_loss", "val_loss", "mse", "skipped_steps", "seconds"} <= set(hist[0])
 
 
-@pytest.mark.parametrize("cfg", [CFG, replace(CFG, ema=0.95)], ids=["plain", "ema"])
+# "plateau": min_delta 0.5 counts only epoch 0, so the rate halves (and the best weights return) after every epoch
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, ema=0.95),
+                                 replace(CFG, ema=0.95, lr_schedule="plateau", lr_patience=1, min_delta=0.5)],
+                         ids=["plain", "ema", "plateau"])
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, cfg):
     tr, va = _data()
     reference = _model()
@@ -338,3 +341,58 @@ def test_ema_returns_the_moving_average_of_the_trajectory():
 def test_ema_decay_must_be_below_one():
     with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
         TrainConfig(ema=1.0)
+
+
+def test_plateau_schedule_halves_the_rate_when_validation_stalls_and_stops_at_the_floor(tmp_path):
+    """Scripted validation losses that improve for three epochs, then stay flat: with ``lr_patience=2`` the rate
+    halves after epochs 4, 6 and 8; the halving due after epoch 10 would go below ``lr_final``, so training stops
+    there (11 epochs of the cap's 50). A run interrupted in epoch 7 resumes to the same rates and stop."""
+    tr, va = _data()
+    scripted = [1.0, 0.9, 0.8] + [0.8] * 60
+    calls = {"val": 0, "train": 0}
+
+    def val_loss(model, batch, step):
+        calls["val"] += 1
+        return torch.tensor(scripted[calls["val"] - 1]), {}
+
+    def train_loss(model, batch, step):
+        calls["train"] += 1
+        if calls["train"] == 16 * 7 + 3:  # inside epoch 7 (16 batches per epoch)
+            raise KeyboardInterrupt
+        return _loss(model, batch, step)
+
+    cfg = replace(CFG, epochs=50, lr_schedule="plateau", lr_patience=2, lr_factor=0.5)
+    expected = [1e-2] * 5 + [5e-3] * 2 + [2.5e-3] * 2 + [1.25e-3] * 2
+    starts = {}  # the weights at the start of each epoch
+
+    def recording_loss(model, batch, step):
+        if step.batch == 0:
+            starts[step.epoch] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return _loss(model, batch, step)
+
+    hist = train(_model(), recording_loss, tr, va, cfg, device=CPU, show_progress=False, val_loss_fn=val_loss)
+    assert [h["lr"] for h in hist] == pytest.approx(expected)
+    # each reduction (after epochs 4, 6, 8) goes on from the best epoch's weights (epoch 2's, the start of epoch 3)
+    for epoch in (5, 7, 9):
+        assert torch.equal(starts[epoch], starts[3])
+    assert not torch.equal(starts[4], starts[3]) and not torch.equal(starts[6], starts[3])
+
+    ckpt = tmp_path / "ckpt.pt"
+    calls["val"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), train_loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
+              val_loss_fn=val_loss)
+    hist = train(_model(), _loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
+                 val_loss_fn=val_loss)
+    assert [h["lr"] for h in hist] == pytest.approx(expected)
+
+    # an improvement after a reduction restarts the count: the next halving waits lr_patience epochs from it
+    scripted[:] = [1.0, 0.9, 0.9, 0.9, 0.8] + [0.8] * 60
+    calls["val"] = 0
+    hist = train(_model(), _loss, tr, va, replace(cfg, lr_final=4e-3), device=CPU, show_progress=False,
+                 val_loss_fn=val_loss)
+    assert [h["lr"] for h in hist] == pytest.approx([1e-2] * 4 + [5e-3] * 3)  # halved after 3, then after 6: floor
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lr_factor"):
+        TrainConfig(lr_schedule="plateau", lr_factor=1.0)

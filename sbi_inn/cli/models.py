@@ -38,7 +38,8 @@ def _add_train(subcommands) -> None:
                    help="cinn: conditional INN; inn: bidirectional INN (default: cinn)")
     p.add_argument("--minutes", type=_positive(float), metavar="M", help="wall-clock training budget in minutes")
     p.add_argument("--epochs", type=_positive(int), metavar="E",
-                   help="maximum number of epochs; the learning rate decays over them")
+                   help="maximum number of epochs (the INN's learning rate decays over them; the cINN's is halved "
+                        "whenever the validation loss stalls)")
     p.add_argument("--batch-size", type=_positive(int), metavar="B", help="samples per gradient step")
     p.add_argument("--lr", type=_positive(float), metavar="LR", help="initial learning rate")
     p.add_argument("--blocks", type=_positive(int), metavar="N", help="number of coupling blocks")
