@@ -17,7 +17,8 @@ Usage::
     python benchmarks/tune_test_nll.py gaussian_linear_uniform,bernoulli_glm default,do0.1,do0.2 10000 0,1
 
 Prints one line per fit and a mean per (task, variant); the log of the runs behind ``design_notes.md`` is in
-``benchmarks/results/tune_test_nll.log``.
+``benchmarks/results/tune_test_nll.log``. ``python benchmarks/tune_test_nll.py TASKS sbi`` scores, on the same test
+pairs, the sbi posteriors (MAF and NSF at 10^4, seeds 0 and 1) that ``bench_sbibm.py`` trained and cached.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ VARIANTS = {
     "h128L2_ep400": {"flow": {"hidden": 128, "num_layers": 2}, "train": {"epochs": 400}},
     "plat5": {"train": {"lr_schedule": "plateau", "lr_patience": 5, "epochs": 400}},
     "plat10": {"train": {"lr_schedule": "plateau", "lr_patience": 10, "epochs": 400}},
+    "exp150": {"train": {"lr_schedule": "exponential", "epochs": 150}},  # the default before the plateau rule
     # fit_ensemble over two configurations on one validation split: the better one, or both mixed
     "pc_best": {"members": [{}, {"precondition": "linear"}], "combine": "best"},
     "pc_mix": {"members": [{}, {"precondition": "linear"}], "combine": "mixture"},
@@ -93,8 +95,31 @@ def simulations(name: str, n: int, generator: torch.Generator):
     return prior, x[ok], y[ok], None if sizes is None else sizes[ok]
 
 
+def score_cached_sbi(task: str, xt, yt) -> None:
+    """Test NLL of the sbi posteriors ``bench_sbibm.py`` cached for ``task`` (10^4 simulations), by their density
+    estimator's ``log_prob`` (the prior's support is not applied: every test parameter lies in it)."""
+    import glob
+    import os
+
+    cells = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbi_inn" / "bench_sbibm" / "cells"
+    for method in ("sbi_maf", "sbi_nsf"):
+        for seed in (0, 1):
+            for path in sorted(glob.glob(str(cells / f"{task}_n10000_seed{seed}_{method}_*" / "posterior.pt")))[-1:]:
+                estimator = torch.load(path, weights_only=False).posterior_estimator  # bench_sbibm's own pickle
+                with torch.no_grad():
+                    rows = torch.cat([-estimator.log_prob(xt[i:i + 2000][None], condition=yt[i:i + 2000])[0]
+                                      for i in range(0, len(xt), 2000)])
+                print(f"{task:24s} n=10000  {method:14s} seed {seed}: test NLL {rows.mean().item():8.4f}  trimmed "
+                      f"{trimmed_mean(rows, TRIM):8.4f}  (bench_sbibm's cached posterior)", flush=True)
+
+
 def main(argv: list[str]) -> None:
     tasks, names = argv[0].split(","), argv[1].split(",")
+    if names == ["sbi"]:
+        for task in tasks:
+            _, xt, yt, _ = simulations(task, 20_000, torch.Generator().manual_seed(999))
+            score_cached_sbi(task, xt, yt)
+        return
     n = int(argv[2]) if len(argv) > 2 else 10_000
     seeds = [int(s) for s in (argv[3] if len(argv) > 3 else "0,1").split(",")]
     torch.set_num_threads(1)

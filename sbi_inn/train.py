@@ -284,7 +284,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adam(params, config)
     plateau = config.lr_schedule == "plateau"  # the rate then changes only in _reduce_on_plateau
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=1.0 if plateau else _decay(config, config.epochs))
+    gamma = 1.0 if plateau else _decay(config, config.epochs)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     average = _Average(params, config.ema) if config.ema > 0 else None
     history: list[dict] = []
     best = {"val": math.inf, "state": None, "epoch": -1}

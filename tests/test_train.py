@@ -25,6 +25,37 @@ def _loss(model, batch, step):
     return loss, {"mse": loss.item()}
 
 
+def _scripted_losses(scripted: list[float], interrupt_at: int):
+    """``(calls, val_loss, train_loss)``: a validation loss returning the values of ``scripted`` in turn and the
+    training loss of :func:`_loss`, which raises ``KeyboardInterrupt`` at its ``interrupt_at``-th call; ``calls``
+    counts both (reset ``calls["val"]`` to replay the script)."""
+    calls = {"val": 0, "train": 0}
+
+    def val_loss(model, batch, step):
+        calls["val"] += 1
+        return torch.tensor(scripted[calls["val"] - 1]), {}
+
+    def train_loss(model, batch, step):
+        calls["train"] += 1
+        if calls["train"] == interrupt_at:
+            raise KeyboardInterrupt
+        return _loss(model, batch, step)
+
+    return calls, val_loss, train_loss
+
+
+def _interrupted_then_resumed(cfg: TrainConfig, ckpt, calls: dict, val_loss, train_loss) -> list[dict]:
+    """Replay the validation script from its start in a run that ``train_loss`` interrupts, then resume that run from
+    its checkpoint ``ckpt`` with the plain loss; the resumed run's history."""
+    tr, va = _data()
+    calls["val"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), train_loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
+              val_loss_fn=val_loss)
+    return train(_model(), _loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
+                 val_loss_fn=val_loss)
+
+
 CFG = TrainConfig(epochs=5, batch_size=64, lr=1e-2, lr_final=1e-3, patience=None)
 CPU = torch.device("cpu")
 
@@ -110,17 +141,7 @@ def test_min_delta_ignores_small_improvements_and_resumes(tmp_path):
     resumes from its checkpoint (which holds the last counted loss) to the same stop."""
     tr, va = _data()
     scripted = [1.0 - 4e-3 * e for e in range(10)]
-    calls = {"val": 0, "train": 0}
-
-    def val_loss(model, batch, step):
-        calls["val"] += 1
-        return torch.tensor(scripted[calls["val"] - 1]), {}
-
-    def train_loss(model, batch, step):
-        calls["train"] += 1
-        if calls["train"] == 40:  # inside epoch 2 (16 batches per epoch)
-            raise KeyboardInterrupt
-        return _loss(model, batch, step)
+    calls, val_loss, train_loss = _scripted_losses(scripted, interrupt_at=40)  # inside epoch 2 (16 batches each)
 
     for min_delta, epochs_run in ((0.01, 3), (0.0, 10)):
         calls["val"] = 0
@@ -130,13 +151,8 @@ def test_min_delta_ignores_small_improvements_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="min_delta"):
         TrainConfig(min_delta=-1.0)
 
-    ckpt, cfg = tmp_path / "ckpt.pt", replace(CFG, epochs=10, patience=2, min_delta=0.01)
-    calls["val"] = 0
-    with pytest.raises(KeyboardInterrupt):
-        train(_model(), train_loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
-              val_loss_fn=val_loss)
-    hist = train(_model(), _loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
-                 val_loss_fn=val_loss)
+    cfg = replace(CFG, epochs=10, patience=2, min_delta=0.01)
+    hist = _interrupted_then_resumed(cfg, tmp_path / "ckpt.pt", calls, val_loss, train_loss)
     assert [h["val_loss"] for h in hist] == pytest.approx(scripted[:3])
 
 
@@ -349,17 +365,7 @@ def test_plateau_schedule_halves_the_rate_when_validation_stalls_and_stops_at_th
     there (11 epochs of the cap's 50). A run interrupted in epoch 7 resumes to the same rates and stop."""
     tr, va = _data()
     scripted = [1.0, 0.9, 0.8] + [0.8] * 60
-    calls = {"val": 0, "train": 0}
-
-    def val_loss(model, batch, step):
-        calls["val"] += 1
-        return torch.tensor(scripted[calls["val"] - 1]), {}
-
-    def train_loss(model, batch, step):
-        calls["train"] += 1
-        if calls["train"] == 16 * 7 + 3:  # inside epoch 7 (16 batches per epoch)
-            raise KeyboardInterrupt
-        return _loss(model, batch, step)
+    calls, val_loss, train_loss = _scripted_losses(scripted, interrupt_at=16 * 7 + 3)  # inside epoch 7
 
     cfg = replace(CFG, epochs=50, lr_schedule="plateau", lr_patience=2, lr_factor=0.5)
     expected = [1e-2] * 5 + [5e-3] * 2 + [2.5e-3] * 2 + [1.25e-3] * 2
@@ -377,13 +383,7 @@ def test_plateau_schedule_halves_the_rate_when_validation_stalls_and_stops_at_th
         assert torch.equal(starts[epoch], starts[3])
     assert not torch.equal(starts[4], starts[3]) and not torch.equal(starts[6], starts[3])
 
-    ckpt = tmp_path / "ckpt.pt"
-    calls["val"] = 0
-    with pytest.raises(KeyboardInterrupt):
-        train(_model(), train_loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
-              val_loss_fn=val_loss)
-    hist = train(_model(), _loss, tr, va, cfg, device=CPU, checkpoint_path=ckpt, show_progress=False,
-                 val_loss_fn=val_loss)
+    hist = _interrupted_then_resumed(cfg, tmp_path / "ckpt.pt", calls, val_loss, train_loss)
     assert [h["lr"] for h in hist] == pytest.approx(expected)
 
     # an improvement after a reduction restarts the count: the next halving waits lr_patience epochs from it
