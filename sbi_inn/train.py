@@ -284,8 +284,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _adam(params, config)
     plateau = config.lr_schedule == "plateau"  # the rate then changes only in _reduce_on_plateau
-    gamma = 1.0 if plateau else _decay(config, config.epochs)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=_decay(config, config.epochs))
     average = _Average(params, config.ema) if config.ema > 0 else None
     history: list[dict] = []
     best = {"val": math.inf, "state": None, "epoch": -1}
@@ -342,7 +341,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_data, val_data, config: Train
         record.update(epoch=epoch, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
         if epoch == 0 and config.max_time is not None:  # plan the epochs that fit the budget (TrainConfig.max_time)
             planned = max(1, min(config.epochs, int(config.max_time // max(record["seconds"], 1e-9))))
-            scheduler.gamma = 1.0 if plateau else _decay(config, planned)
+            scheduler.gamma = _decay(config, planned)
             bar.total = planned
         scheduler.step()
         elapsed += record["seconds"]
@@ -411,7 +410,10 @@ class _Average:
 
 
 def _decay(config: TrainConfig, epochs: int) -> float:
-    """Per-epoch factor taking the learning rate from ``lr`` to ``lr_final`` over ``epochs`` epochs."""
+    """Per-epoch factor taking the learning rate from ``lr`` to ``lr_final`` over ``epochs`` epochs; 1 under the
+    plateau rule, whose reductions are made by :func:`_reduce_on_plateau`."""
+    if config.lr_schedule == "plateau":
+        return 1.0
     return (config.lr_final / config.lr) ** (1.0 / max(1, epochs - 1))
 
 
