@@ -128,9 +128,9 @@ def test_early_stopping_monitors_the_trimmed_validation_nll():
 
 
 def test_partial_train_dict_overrides_the_fit_defaults():
-    """``{"train": {"patience": 40}}`` changes the patience only: the automatic batch size and the 150-epoch
-    schedule of ``default_train(n)`` stay (TrainConfig's class defaults are 256 and 200), for small and large
-    budgets alike; a TrainConfig is taken as given."""
+    """``{"train": {"patience": 40}}`` changes the patience only: the automatic batch size and the schedule of
+    ``default_train(n)`` stay (TrainConfig's class defaults are 256 and 200 epochs), for small budgets (150 epochs,
+    exponential) and large ones (the plateau rule) alike; a TrainConfig is taken as given."""
     cfg = FitConfig.from_dict({"train": {"patience": 40}})
     assert cfg.train_for(10_000) == dataclasses.replace(DEFAULT_TRAIN, patience=40)
     assert cfg.train_for(900) == dataclasses.replace(SMALL_DATA_TRAIN, patience=40)
