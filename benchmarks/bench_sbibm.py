@@ -121,8 +121,17 @@ def code_digest(root: Path = SRC, parts=("sbi_inn", "simulators", "tasks")) -> s
 
 
 # -- the benchmark's data files --------------------------------------------------------------------------------------
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbi_inn"
+
+
 def default_sbibm_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbi_inn" / f"sbibm-{SBIBM_VERSION}"
+    return _cache_root() / f"sbibm-{SBIBM_VERSION}"
+
+
+def default_workdir() -> Path:
+    """Where trained posteriors, samples, scores and training simulations are kept between runs."""
+    return _cache_root() / "bench_sbibm"
 
 
 def ensure_sbibm_files(directory: Path, tasks=TASKS) -> dict:
@@ -677,9 +686,7 @@ def main(argv=None) -> int:
     kinds = args.c2st or (["fast"] if args.quick else ["sbibm"])
     n_samples = args.num_samples or (2000 if args.quick else NUM_POSTERIOR_SAMPLES)
     tmp = tempfile.mkdtemp(prefix="bench_sbibm_quick_") if args.quick else None
-    workdir = args.workdir or (Path(tmp) if args.quick else
-                               Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbi_inn"
-                               / "bench_sbibm")
+    workdir = args.workdir or (Path(tmp) if args.quick else default_workdir())
     out_path = args.out or (Path(tempfile.gettempdir()) / "sbibm_quick.json" if args.quick
                             else ROOT / "benchmarks" / "results" / "sbibm.json")
     digests = {"tasks": code_digest(parts=("tasks",)), "sbi_inn": code_digest(parts=("sbi_inn", "simulators")),

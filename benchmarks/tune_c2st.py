@@ -14,14 +14,14 @@ Usage::
     python benchmarks/tune_c2st.py TASK NAME CONFIG_JSON SEED [BUDGET]
     python benchmarks/tune_c2st.py sir plateau10 '{"train": {"lr_schedule": "plateau", "lr_patience": 10}}' 0
 
-``CONFIG_JSON`` is a ``FitConfig`` dict (``{}``: the defaults), optionally with ``"members"`` for ``fit_ensemble``.
+``CONFIG_JSON`` is a ``FitConfig`` dict (``{}``: the defaults), optionally with ``"members"`` (and ``"combine"``) for
+``fit_ensemble`` and ``"summary"``, as the variants of ``tune_test_nll.py`` (``fit_variant``).
 The lines behind ``design_notes.md`` are in ``benchmarks/results/tune_c2st.log``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
@@ -34,9 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_sbibm  # noqa: E402
 from sbibm_tasks import get_task  # noqa: E402
-from tune_test_nll import TRIM, simulations  # noqa: E402
+from tune_test_nll import TRIM, fit_variant, held_out_pairs  # noqa: E402
 
-from sbi_inn import fit_ensemble, fit_posterior  # noqa: E402
 from sbi_inn.train import trimmed_mean  # noqa: E402
 
 OBSERVATIONS = range(1, 11)
@@ -48,19 +47,13 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # OutsideTrainingWarning for the few test pairs beyond the training range
     task = get_task(task_name)
-    workdir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbi_inn" / "bench_sbibm"
-    x, y, _ = bench_sbibm.training_data(task, seed, budget, workdir)
+    x, y, _ = bench_sbibm.training_data(task, seed, budget, bench_sbibm.default_workdir())
     x, y, _ = bench_sbibm.finite_rows(x, y)
-    members = config.pop("members", None)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    if members:
-        post = fit_ensemble(data=(x, y), prior=task.prior, seed=seed, members=members, config=config or None,
-                            show_progress=False)
-    else:
-        post = fit_posterior(data=(x, y), prior=task.prior, seed=seed, config=config, show_progress=False)
+    post = fit_variant((x, y), task.prior, seed, config)
     seconds = time.perf_counter() - t0
-    _, xt, yt, _ = simulations(task_name, 20_000, torch.Generator().manual_seed(999))
+    xt, yt, _ = held_out_pairs(task_name)
     with torch.no_grad():
         rows = -post.log_prob(xt, yt)
     files = bench_sbibm.default_sbibm_dir()

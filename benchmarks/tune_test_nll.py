@@ -76,6 +76,7 @@ VARIANTS = {
     "pc_mix": {"members": [{}, {"precondition": "linear"}], "combine": "mixture"},
     "lin_ema0.99": {"precondition": "linear", "train": {"ema": 0.99}},
 }
+TEST_SEED = 999  # data seed of the held-out pairs
 TRIM = 0.01  # "trimmed": the mean without the worst 1 % of test pairs, which dominate the mean on some tasks
 OWN = {"gaussian_mixture": {}, "inverse_kinematics": {"noise": 0.01}, "tissue_spectra": {}, "gaussian_sets": {}}
 
@@ -95,13 +96,32 @@ def simulations(name: str, n: int, generator: torch.Generator):
     return prior, x[ok], y[ok], None if sizes is None else sizes[ok]
 
 
+def held_out_pairs(name: str):
+    """The 20 000 held-out pairs of every score here: ``(x, y, sizes or None)``, data seed 999."""
+    _, xt, yt, st = simulations(name, 20_000, torch.Generator().manual_seed(TEST_SEED))
+    return xt, yt, st
+
+
+def fit_variant(data: tuple, prior, seed: int, variant: dict):
+    """``fit_posterior`` with the FitConfig dict ``variant``, or ``fit_ensemble`` when it has ``members`` (a count
+    or a list of member configs, mixed or the best kept by ``combine``); ``summary`` is passed on."""
+    config = dict(variant)
+    summary, members = config.pop("summary", "auto"), config.pop("members", 1)
+    combine = config.pop("combine", "mixture")
+    if members == 1:
+        return fit_posterior(data=data, prior=prior, seed=seed, config=config, summary=summary, show_progress=False)
+    return fit_ensemble(data=data, prior=prior, seed=seed, members=members, combine=combine,
+                        config=None if isinstance(members, list) else config, summary=summary, show_progress=False)
+
+
 def score_cached_sbi(task: str, xt, yt) -> None:
     """Test NLL of the sbi posteriors ``bench_sbibm.py`` cached for ``task`` (10^4 simulations), by their density
     estimator's ``log_prob`` (the prior's support is not applied: every test parameter lies in it)."""
     import glob
-    import os
 
-    cells = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbi_inn" / "bench_sbibm" / "cells"
+    from bench_sbibm import default_workdir
+
+    cells = default_workdir() / "cells"
     for method in ("sbi_maf", "sbi_nsf"):
         for seed in (0, 1):
             for path in sorted(glob.glob(str(cells / f"{task}_n10000_seed{seed}_{method}_*" / "posterior.pt")))[-1:]:
@@ -117,7 +137,7 @@ def main(argv: list[str]) -> None:
     tasks, names = argv[0].split(","), argv[1].split(",")
     if names == ["sbi"]:
         for task in tasks:
-            _, xt, yt, _ = simulations(task, 20_000, torch.Generator().manual_seed(999))
+            xt, yt, _ = held_out_pairs(task)
             score_cached_sbi(task, xt, yt)
         return
     n = int(argv[2]) if len(argv) > 2 else 10_000
@@ -125,23 +145,13 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # OutsideTrainingWarning for the few test pairs beyond the training range
     for task in tasks:
-        _, xt, yt, st = simulations(task, 20_000, torch.Generator().manual_seed(999))
+        xt, yt, st = held_out_pairs(task)
         for name in names:
             values, trims = [], []
             for seed in seeds:
                 prior, x, y, s = simulations(task, n, torch.Generator().manual_seed(seed))
-                config = dict(VARIANTS[name])
-                summary, members = config.pop("summary", "auto"), config.pop("members", 1)
-                combine = config.pop("combine", "mixture")
                 t0 = time.time()
-                data = (x, y) if s is None else (x, y, s)
-                if members == 1:
-                    post = fit_posterior(data=data, prior=prior, seed=seed, config=config, summary=summary,
-                                         show_progress=False)
-                else:
-                    post = fit_ensemble(data=data, prior=prior, seed=seed, members=members, combine=combine,
-                                        config=None if isinstance(members, list) else config, summary=summary,
-                                        show_progress=False)
+                post = fit_variant((x, y) if s is None else (x, y, s), prior, seed, VARIANTS[name])
                 seconds = time.time() - t0
                 with torch.no_grad():
                     rows = -post.log_prob(xt, yt, sizes=st)
