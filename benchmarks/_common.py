@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the machine description written into every JSON, single-threaded workers in
-fresh processes, a frozen snapshot of the code under test, peak-memory readings and table formatting.
+fresh processes, a frozen snapshot of the code under test, peak-memory readings, table formatting and writing the
+results file.
 
 Import it as ``from _common import ...``: a script's own folder is first on ``sys.path`` when it runs, and the
 snapshot a script freezes holds a copy of this file next to the script.
@@ -118,6 +119,13 @@ def run_worker(script: Path, spec: dict, spec_path: Path, timeout: float, *, src
     res = json.loads(out_path.read_text())
     res["worker_wall_seconds"] = time.perf_counter() - t0
     return res
+
+
+def write_json(path: Path, result: dict, prefix: str = "") -> None:
+    """Write ``result`` to ``path`` as indented JSON (creating its folder), then print ``<prefix>wrote <path>``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{prefix}wrote {path}")
 
 
 def fmt(v, spec: str) -> str:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +29,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from _common import machine_info
-from bench_dask_simulation import local_cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, write_json  # noqa: E402
+from bench_dask_simulation import local_cluster  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dask_inference.json"
 
@@ -123,9 +125,7 @@ def main(argv=None) -> dict:
               "rows": rows, "scaling_2_over_1": rate[2] / rate[1], "outputs_identical": identical}
     print(f"scaling 2 workers / 1 worker: {rate[2] / rate[1]:.2f}; maps identical in all modes: {identical}; "
           f"load {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +31,9 @@ import simulators.tissue_spectra as tissue_spectra
 from sbi_inn._version import __version__
 from simulators import get_simulator
 from simulators.photon_mc import photon_mc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "photon_mc.json"
 
@@ -127,9 +130,7 @@ def main(argv=None) -> dict:
     for name, mean, worst in zip(n["bands"], n["relative_std_mean_over_draws"], n["relative_std_max_over_draws"]):
         print(f"  {name:<12} mean {100 * mean:5.2f} %   max {100 * worst:5.2f} %")
     result["load_average_after"] = list(os.getloadavg())
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"load average after {result['load_average_after'][0]:.2f}; wrote {args.output}")
+    write_json(args.output, result, prefix=f"load average after {result['load_average_after'][0]:.2f}; ")
     return result
 
 

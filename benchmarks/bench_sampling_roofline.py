@@ -36,11 +36,11 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import _common
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -48,6 +48,9 @@ import sbi_inn
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.flows import FlowConfig
 from sbi_inn.posterior import SAMPLE_CHUNK_ROWS, Posterior, resolve_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling_roofline.json"
 PARAM_DIM, OBS_DIM = 2, 4  # simulators.gaussian_mixture: x in R^2, y a one-hot label of 4
@@ -396,9 +399,7 @@ def main(argv=None) -> dict:
           f"({os.cpu_count()} CPUs)")
     if args.before is not None:
         merge_before(result, args.before)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+    _common.write_json(args.output, result, prefix="\n")
     return result
 
 

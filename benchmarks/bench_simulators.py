@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +27,9 @@ import torch
 from sbi_inn import HDF5Dataset, simulate_to_hdf5
 from sbi_inn._version import __version__
 from simulators import get_simulator, list_simulators
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "simulators.json"
 
@@ -119,9 +122,7 @@ def main(argv=None) -> dict:
     for r in h["read"]:
         print(f"HDF5Dataset read, DataLoader(batch_size=256, shuffle=True, num_workers={r['num_workers']}): "
               f"{r['rows_per_second']:,.0f} rows/s")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output}")
+    write_json(args.output, result, prefix="\n")
     return result
 
 

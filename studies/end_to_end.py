@@ -67,7 +67,11 @@ from sbi_inn import (
     reference,
     simulate_to_hdf5,
 )
+from sbi_inn.cli.options import torch_threads
 from simulators import get_simulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import prepare_output  # noqa: E402
 
 NOISE = 0.01           # observation noise of the arm's end point (length units; the arm reaches 2)
 SAMPLES = 1000         # posterior samples per test observation for calibration and re-simulation error
@@ -142,18 +146,9 @@ def main(argv=None) -> dict:
         parser.error("need --seed >= 0, --num-simulations >= 100, --epochs >= 1, --threads >= 1 and "
                      "1 <= --num-reference <= --num-test")
     out = Path(args.out)
-    existing = [name for name in RESULTS if (out / name).exists()]
-    if existing and not args.force:
-        raise SystemExit(f"{out} already holds the results of a run ({', '.join(existing)}); pass --force to "
-                         "overwrite them, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        with threadpool_limits(args.threads):       # numpy/scikit-learn BLAS threads (the C2ST classifier)
-            return run(args, out, c2st_samples, c2st_options)
-    finally:
-        torch.set_num_threads(threads_before)
+    prepare_output(out, RESULTS, args.force)
+    with torch_threads(args.threads), threadpool_limits(args.threads):  # BLAS threads too (the C2ST classifier)
+        return run(args, out, c2st_samples, c2st_options)
 
 
 def run(args, out: Path, c2st_samples: int, c2st_options: dict) -> dict:

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,9 @@ import torch  # noqa: E402
 
 from sbi_inn import FlowConfig, INNConfig, TrainConfig, diagnostics, fit_posterior, plots  # noqa: E402
 from simulators import get_simulator  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import refuse_existing_file, variant_tag  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "gaussian_mixture_inn"
 VARIANTS = {"all losses": {}, "L_y + L_z": {"w_x": 0.0}, "L_x only": {"w_y": 0.0, "w_z": 0.0}}
@@ -116,12 +120,9 @@ def main(argv=None) -> dict:
     if args.quick:
         args.epochs, args.num_train, args.num_samples = 2, 6000, 1000
     torch.set_num_threads(args.threads)
-    changed = sorted(k for k, v in vars(args).items()
-                     if k not in ("out", "force", "threads") and v != parser.get_default(k))
-    tag = "_".join(k if k == "quick" else f"{k}={getattr(args, k)}" for k in changed)
-    out = Path(args.out) if args.out else (OUT / "variants" / tag if changed else OUT)
-    if (out / "gaussian_mixture_inn.json").exists() and not args.force:
-        parser.error(f"{out / 'gaussian_mixture_inn.json'} exists; pass --force to write over it")
+    tag = variant_tag(parser, args, ("out", "force", "threads"))
+    out = Path(args.out) if args.out else (OUT / "variants" / tag if tag else OUT)
+    refuse_existing_file(parser, out / "gaussian_mixture_inn.json", args.force)
     out.mkdir(parents=True, exist_ok=True)
     sim = get_simulator("gaussian_mixture")
     base = CONFIG if args.y_loss == "mse" else dataclasses.replace(CONFIG, y_loss="ce", w_y=10 * CONFIG.w_y)

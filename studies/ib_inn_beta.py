@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +77,9 @@ from sbi_inn.diagnostics import classification as cl  # noqa: E402
 from sbi_inn.flows import ACTIVATIONS, CouplingFlow, FlowConfig  # noqa: E402
 from sbi_inn.train import train  # noqa: E402
 from sbi_inn.transforms import Standardize  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import to_json_types  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "ib_inn_beta"
 PROBLEMS = ("gmm", "digits", "tissue")
@@ -342,7 +346,7 @@ def run_problem(name: str, seeds: list[int], quick: bool, out: Path, log) -> dic
               "runs": runs,
               "information_plane": {f"{b:g}": p for b, p in planes.items()},
               "minutes": (time.perf_counter() - t_problem) / 60, "torch_threads": torch.get_num_threads()}
-    (out / f"{name}.json").write_text(json.dumps(_finite(result), indent=1))
+    (out / f"{name}.json").write_text(json.dumps(to_json_types(result), indent=1))
     plot_sweep(result, out / f"{name}_beta_sweep.png")
     plot_reliability(result, out / f"{name}_reliability.png")
     plot_plane(result, out / f"{name}_information_plane.png")
@@ -421,18 +425,6 @@ def target_check(summary: dict, best: float, variant: str = "") -> dict:
                         "ece": [b["ece"], ff["ece"], nll["ece"]],
                         "auroc_mean": [b["auroc_mean"], ff["auroc_mean"], nll["auroc_mean"]],
                         "order": ["selected beta", "feed-forward", "class-NLL (beta=1)"]}}
-
-
-def _finite(obj):
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    return obj
 
 
 # -- figures and table ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +40,9 @@ import torch
 
 from sbi_inn import diagnostics, fit_posterior, plots, reference, simulate_to_hdf5
 from simulators import get_simulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import refuse_existing_file, to_json_types, variant_tag  # noqa: E402
 
 METHODS = ("INN", "cINN", "ABC", "MCMC")
 COLUMNS = {  # table column -> what it means (written under the table)
@@ -97,12 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.noise > 0:
         p.error("--noise must be > 0 (MCMC needs a likelihood)")
     if args.out is None:
-        changed = sorted(k for k, v in vars(args).items()
-                         if k not in ("out", "force", "quiet", "threads", "work") and v != p.get_default(k))
-        tag = "_".join(k if k == "quick" else f"{k}={getattr(args, k)}" for k in changed)
-        args.out = str(RESULTS / "variants" / tag) if changed else str(RESULTS)
-    if (Path(args.out) / "results.json").exists() and not args.force:
-        p.error(f"{Path(args.out) / 'results.json'} exists; pass --force to write over it")
+        tag = variant_tag(p, args, ("out", "force", "quiet", "threads", "work"))
+        args.out = str(RESULTS / "variants" / tag) if tag else str(RESULTS)
+    refuse_existing_file(p, Path(args.out) / "results.json", args.force)
     if args.num_ref < 3:
         p.error("--num-ref must be at least 3 (three corner plots)")
     return args
@@ -248,7 +249,7 @@ def write_outputs(args, out: Path, table, same, results) -> None:
             diagnostics.to_markdown(same.drop(columns=["map_resim_error", "map_resim_error_se"], errors="ignore")),
             "", f"Command: `python studies/ik_noise_comparison.py {' '.join(results['argv'])}`", ""]
     (out / "table.md").write_text("\n".join(text))
-    (out / "results.json").write_text(json.dumps(_plain(results), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(to_json_types(results), indent=2) + "\n")
 
 
 def _mcmc_note(details: list[dict]) -> str:
@@ -262,21 +263,7 @@ def _mcmc_note(details: list[dict]) -> str:
     return text
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def main(argv=None) -> dict:
-    import sys
-
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     out, work = Path(args.out), Path(args.work)

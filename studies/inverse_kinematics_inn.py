@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,9 @@ import torch  # noqa: E402
 
 from sbi_inn import FlowConfig, INNConfig, TrainConfig, diagnostics, fit_posterior, plots, reference  # noqa: E402
 from simulators import get_simulator  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import refuse_existing_file, variant_tag  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "inverse_kinematics_inn"
 # thesis B.5.2 (6 affine coupling blocks, IMQ kernel, decaying learning rate), changed after tuning runs on this CPU
@@ -81,12 +85,9 @@ def prior_endpoint_quantile(sim, y_star: torch.Tensor, n: int = 20_000, seed: in
 def output_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     """The canonical folder for the default run, ``variants/<tag>/`` for any other; existing outputs need
     ``--force``."""
-    changed = sorted(k for k, v in vars(args).items()
-                     if k not in ("out", "force", "save_model", "threads") and v != parser.get_default(k))
-    tag = "_".join(k if k == "quick" else f"{k}={getattr(args, k)}" for k in changed).replace(" ", "")
-    out = Path(args.out) if args.out else (OUT / "variants" / tag if changed else OUT)
-    if (out / "inverse_kinematics_inn.json").exists() and not args.force:
-        parser.error(f"{out / 'inverse_kinematics_inn.json'} exists; pass --force to write over it")
+    tag = variant_tag(parser, args, ("out", "force", "save_model", "threads")).replace(" ", "")
+    out = Path(args.out) if args.out else (OUT / "variants" / tag if tag else OUT)
+    refuse_existing_file(parser, out / "inverse_kinematics_inn.json", args.force)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -53,10 +53,14 @@ import torch
 
 from sbi_inn import __version__, fit_posterior, load_posterior
 from sbi_inn.batch import posterior_maps
+from sbi_inn.cli.options import torch_threads
 from sbi_inn.images import read_observation_image
 from sbi_inn.priors import support_bounds
 from simulators.tissue_image import make_prior_image, make_tissue_image, tissue_layout
 from simulators.tissue_spectra import TissueSpectra
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import prepare_output, to_json_types  # noqa: E402
 
 FIGURE_PARAMS = ("sO2", "v_hb")
 INTERVAL = (0.16, 0.84)       # the central 68 % interval whose coverage is scored
@@ -101,17 +105,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     names = [n for n in RESULTS if not (args.posterior and n == "tissue_spectra.sbi")]
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not args.force:
-        raise SystemExit(f"{out} already holds the results of a run ({', '.join(existing)}); pass --force to "
-                         "overwrite them, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    prepare_output(out, names, args.force)
+    with torch_threads(args.threads):
         return run(args, out)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def train(sim: TissueSpectra, args, path: Path) -> Path:
@@ -322,17 +318,7 @@ def run(args, out: Path) -> dict:
 
 def _jsonable(value):
     """``value`` with numpy scalars and arrays, paths and tuples turned into JSON types (other objects as text)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    return to_json_types(value, nonfinite_as_none=False, other_as_text=True)
 
 
 if __name__ == "__main__":

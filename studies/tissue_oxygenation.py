@@ -72,7 +72,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -80,6 +79,9 @@ from sbi_inn import diagnostics, fit_posterior, plots, reference
 from sbi_inn.priors import support_bounds
 from sbi_inn.regression import fit_regressor
 from simulators import get_simulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _study_common import refuse_existing_file, to_json_types, variant_tag  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tissue_oxygenation"
 THESIS_BUDGET = 15_000
@@ -158,12 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--mcmc-walkers must not exceed the ABC samples of the largest budget "
                 f"({int(round(args.budgets[-1] * ABC_QUANTILE))}), where the walkers start")
     if args.out is None:
-        changed = sorted(k for k, v in vars(args).items()
-                         if k not in ("out", "force", "quiet", "threads", "budgets") and v != p.get_default(k))
-        tag = "_".join(k if k == "quick" else f"{k}={getattr(args, k)}" for k in changed)
-        args.out = str(RESULTS / "variants" / tag) if changed else str(RESULTS)
-    if (Path(args.out) / "results.json").exists() and not args.force:
-        p.error(f"{Path(args.out) / 'results.json'} exists; pass --force to write over it")
+        tag = variant_tag(p, args, ("out", "force", "quiet", "threads", "budgets"))
+        args.out = str(RESULTS / "variants" / tag) if tag else str(RESULTS)
+    refuse_existing_file(p, Path(args.out) / "results.json", args.force)
     return args
 
 
@@ -375,20 +374,6 @@ def compact_png(path: Path) -> None:
     small.save(path, optimize=True)
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def table_frame(rows: dict) -> pd.DataFrame:
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "method"
@@ -526,7 +511,7 @@ def main(argv=None) -> dict:
         "total_seconds": time.perf_counter() - t_start,
     }
     text = write_table(args, out, tables, same, rec, floor, mc, argv)
-    (out / "results.json").write_text(json.dumps(_plain(results), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(to_json_types(results), indent=2) + "\n")
     print()
     print(text)
     print(f"written to {out.resolve()} ({results['total_seconds']:.0f} s in total)")

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 from sbi_inn._version import __version__
 from sbi_inn.cli.models import _add_diagnose, _add_sample, _add_train
-from sbi_inn.cli.options import _BAD_INPUT, _parse_config, _torch_threads
+from sbi_inn.cli.options import _BAD_INPUT, _parse_config, torch_threads
 from sbi_inn.cli.simulations import _add_info, _add_list, _add_simulate
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main", "_parse_config"]
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _torch_threads(getattr(args, "threads", None)):
+        with torch_threads(getattr(args, "threads", None)):
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"sbi-inn {args.command}: interrupted (re-run the same command to resume)", file=sys.stderr)

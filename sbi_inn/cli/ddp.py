@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import time
 
     from sbi_inn.cli.models import _fit_config
-    from sbi_inn.cli.options import _BAD_INPUT, _check_output, _torch_threads
+    from sbi_inn.cli.options import _BAD_INPUT, _check_output, torch_threads
     from sbi_inn.fit import fit_posterior
 
     parser = build_parser()
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "sbi_inn.cli.ddp ...`", file=sys.stderr)
         return 2
     try:
-        with _torch_threads(args.threads), process_group(args.backend, args.timeout) as group:
+        with torch_threads(args.threads), process_group(args.backend, args.timeout) as group:
             if args.seed < 0:
                 raise ValueError(f"--seed must be >= 0, got {args.seed}")
             group.agree(lambda: _inputs_ok(args, _check_output), main_only=True)  # before training, on rank 0

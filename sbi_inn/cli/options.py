@@ -54,7 +54,7 @@ def _add_threads(p) -> None:
 
 
 @contextlib.contextmanager
-def _torch_threads(num: int | None):
+def torch_threads(num: int | None):
     """Run with ``num`` torch intra-op threads (unchanged when ``None``), restoring the previous number."""
     if num is None:
         yield
