@@ -75,6 +75,10 @@ VARIANTS = {
     "pc_best": {"members": [{}, {"precondition": "linear"}], "combine": "best"},
     "pc_mix": {"members": [{}, {"precondition": "linear"}], "combine": "mixture"},
     "lin_ema0.99": {"precondition": "linear", "train": {"ema": 0.99}},
+    # the probit map of box-bounded parameters (FitConfig.interval_map) instead of the logit map
+    "probit": {"interval_map": "probit"},
+    "probit_lin": {"interval_map": "probit", "precondition": "linear"},
+    "probit_pc_best": {"interval_map": "probit", "members": [{}, {"precondition": "linear"}], "combine": "best"},
 }
 TEST_SEED = 999  # data seed of the held-out pairs
 TRIM = 0.01  # "trimmed": the mean without the worst 1 % of test pairs, which dominate the mean on some tasks
@@ -104,14 +108,17 @@ def held_out_pairs(name: str):
 
 def fit_variant(data: tuple, prior, seed: int, variant: dict):
     """``fit_posterior`` with the FitConfig dict ``variant``, or ``fit_ensemble`` when it has ``members`` (a count
-    or a list of member configs, mixed or the best kept by ``combine``); ``summary`` is passed on."""
+    or a list of member configs, each on top of the variant's other keys, mixed or the best kept by ``combine``);
+    ``summary`` is passed on."""
     config = dict(variant)
     summary, members = config.pop("summary", "auto"), config.pop("members", 1)
     combine = config.pop("combine", "mixture")
     if members == 1:
         return fit_posterior(data=data, prior=prior, seed=seed, config=config, summary=summary, show_progress=False)
-    return fit_ensemble(data=data, prior=prior, seed=seed, members=members, combine=combine,
-                        config=None if isinstance(members, list) else config, summary=summary, show_progress=False)
+    if isinstance(members, list):
+        members, config = [{**config, **m} for m in members], None
+    return fit_ensemble(data=data, prior=prior, seed=seed, members=members, combine=combine, config=config,
+                        summary=summary, show_progress=False)
 
 
 def score_cached_sbi(task: str, xt, yt) -> None:

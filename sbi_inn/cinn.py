@@ -146,6 +146,8 @@ class ConditionalINN(nn.Module):
             (for sets: the mean of the standardised members). The condition ``c`` then carries the linear prediction
             ``A f(y) + b`` in its last ``D`` columns. ``"shift"`` is the same with ``L = I``: the flow models
             ``v - A f(y) - b``.
+        interval_map: ``"logit"`` or ``"probit"``: the map of parameters bounded on both sides to the real line
+            (:class:`sbi_inn.transforms.SupportTransform`).
 
     Example:
         >>> model = ConditionalINN(2, (3,), flow=FlowConfig(num_blocks=2, hidden=16), summary_dim=4)
@@ -158,7 +160,7 @@ class ConditionalINN(nn.Module):
                  is_set_valued: bool = False, flow: FlowConfig | None = None, summary: str | nn.Module = "auto",
                  summary_dim: int | None = None, summary_hidden: int = 128, summary_layers: int | None = None,
                  summary_activation: str = "relu", summary_pool: str = "mean_std", spline_bins: int = 8,
-                 precondition: str = "none"):
+                 precondition: str = "none", interval_map: str = "logit"):
         super().__init__()
         if precondition not in PRECONDITIONS:
             raise ValueError(f"ConditionalINN: precondition must be one of {PRECONDITIONS}, got {precondition!r}")
@@ -187,7 +189,7 @@ class ConditionalINN(nn.Module):
         if lo.shape != (param_dim,) or hi.shape != (param_dim,):
             raise ValueError(f"ConditionalINN: support bounds must have shape ({param_dim},), got "
                              f"{tuple(lo.shape)} and {tuple(hi.shape)}")
-        self.support = SupportTransform(lo, hi)
+        self.support = SupportTransform(lo, hi, interval=interval_map)
         self.x_standardize = Standardize(param_dim)
         self.y_standardize = Standardize(self.obs_shape)
 
@@ -374,7 +376,8 @@ class ConditionalINN(nn.Module):
         return {"type": "cinn", "param_dim": self.param_dim, "obs_shape": list(self.obs_shape),
                 "is_set_valued": self.is_set_valued, "support_low": _bounds_to_json(self.support.lo),
                 "support_high": _bounds_to_json(self.support.hi), "flow": self.flow_config.to_dict(),
-                "summary": summary, "spline_bins": self.spline_bins, "precondition": self.precondition}
+                "summary": summary, "spline_bins": self.spline_bins, "precondition": self.precondition,
+                "interval_map": self.support.interval}
 
     @classmethod
     def from_config(cls, config: dict, summary: nn.Module | None = None) -> ConditionalINN:
@@ -386,7 +389,8 @@ class ConditionalINN(nn.Module):
                   "support_low": _bounds_from_json(config["support_low"], -math.inf),
                   "support_high": _bounds_from_json(config["support_high"], math.inf),
                   "spline_bins": config.get("spline_bins", 8),
-                  "precondition": config.get("precondition", "none")}  # files written before the option: none
+                  "precondition": config.get("precondition", "none"),  # files written before the option: none
+                  "interval_map": config.get("interval_map", "logit")}  # and the logit map
         if s["kind"] == "custom":
             if summary is None:
                 raise ValueError(f"this posterior was trained with a custom summary network {s['class']} "

@@ -17,6 +17,7 @@ from sbi_inn.cinn import PRECONDITIONS
 from sbi_inn.flows import FlowConfig
 from sbi_inn.summary import POOLS
 from sbi_inn.train import TrainConfig
+from sbi_inn.transforms import INTERVAL_MAPS
 
 
 def override(default, d: dict, what: str):
@@ -129,6 +130,8 @@ class FitConfig:
         precondition: ``"none"``, ``"shift"`` or ``"linear"``: the flow models the posterior's departure from a
             linear model of its mean (``"shift"``) or a linear-Gaussian model (``"linear"``), fitted by ridge
             regression on the training simulations (``sbi_inn.cinn.ConditionalINN``).
+        interval_map: ``"logit"`` or ``"probit"``: how a parameter whose prior is bounded on both sides (a box) is
+            mapped to the real line before the flow (``sbi_inn.transforms.SupportTransform``).
 
     Example:
         >>> cfg = FitConfig.from_dict({"flow": {"num_blocks": 4}, "train": {"epochs": 50}, "summary_dim": 16})
@@ -147,6 +150,7 @@ class FitConfig:
     summary_pool: str = "mean_std"
     spline_bins: int = 8
     precondition: str = "none"
+    interval_map: str = "logit"
 
     def __post_init__(self):
         check_types(self)  # a JSON value of the wrong type is named here
@@ -163,6 +167,8 @@ class FitConfig:
             raise ValueError("FitConfig: summary_hidden >= 1, summary_layers >= 0 and spline_bins >= 2 required")
         if self.precondition not in PRECONDITIONS:
             raise ValueError(f"FitConfig: precondition must be one of {PRECONDITIONS}, got {self.precondition!r}")
+        if self.interval_map not in INTERVAL_MAPS:
+            raise ValueError(f"FitConfig: interval_map must be one of {INTERVAL_MAPS}, got {self.interval_map!r}")
         if self.summary_pool not in POOLS:
             raise ValueError(f"FitConfig: summary_pool must be one of {POOLS}, got {self.summary_pool!r}")
 

@@ -249,7 +249,7 @@ def _cinn(cfg: FitConfig, param_dim: int, obs_shape, sims: TrainingData, summary
                                summary=summary, summary_dim=cfg.summary_dim, summary_hidden=cfg.summary_hidden,
                                summary_layers=cfg.summary_layers, summary_activation=cfg.summary_activation,
                                summary_pool=cfg.summary_pool, spline_bins=cfg.spline_bins,
-                               precondition=cfg.precondition)
+                               precondition=cfg.precondition, interval_map=cfg.interval_map)
     return (model, cfg.train_for(num_train), lambda m, batch, step: m.loss(batch),
             lambda m, batch, step: (m.nll_rows(batch), {}))
 

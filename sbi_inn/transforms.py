@@ -5,7 +5,12 @@ the prior's support: no leakage, no rejection loops. Per dimension, from the sup
 
 - unbounded: ``x = u``;
 - bounded below: ``x = lo + exp(u)`` (log transform), above: ``x = hi - exp(u)``;
-- bounded both sides: ``x = lo + (hi - lo) * sigmoid(u)`` (logit transform).
+- bounded both sides: ``x = lo + (hi - lo) * sigmoid(u)`` (logit transform, ``interval="logit"``) or
+  ``x = lo + (hi - lo) * Phi(u)`` with ``Phi`` the standard normal CDF (probit transform, ``interval="probit"``).
+
+The probit map sends a uniform prior to exactly ``N(0, 1)`` and a density that stays positive at an edge to a
+Gaussian tail in ``u``; the logit map sends both to exponential tails (``dx/du ~ exp(-|u|)``), which a flow with a
+Gaussian base and bounded affine scales fits poorly (a posterior piled against a box edge).
 
 Densities follow the change of variables ``log q(x) = log q(u) - log|dx/du|``.
 """
@@ -16,11 +21,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, nn, special
+
+INTERVAL_MAPS = ("logit", "probit")
 
 
 class SupportTransform(nn.Module):
-    """Elementwise bijection ``R^D -> support`` for per-dimension bounds ``lo, hi`` (each ``(D,)``, may be inf).
+    """Elementwise bijection ``R^D -> support`` for per-dimension bounds ``lo, hi`` (each ``(D,)``, may be inf);
+    ``interval`` (``"logit"`` or ``"probit"``) is the map of the dimensions bounded on both sides.
 
     Example:
         >>> t = SupportTransform(torch.tensor([0.0, 0.0]), torch.tensor([1.0, math.inf]))  # [0, 1] x [0, inf)
@@ -29,8 +37,11 @@ class SupportTransform(nn.Module):
         ([0.5, 1.0], True)
     """
 
-    def __init__(self, lo: Tensor, hi: Tensor):
+    def __init__(self, lo: Tensor, hi: Tensor, interval: str = "logit"):
         super().__init__()
+        if interval not in INTERVAL_MAPS:
+            raise ValueError(f"SupportTransform: interval must be one of {INTERVAL_MAPS}, got {interval!r}")
+        self.interval = interval
         lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
         if lo.shape != hi.shape or lo.ndim != 1:
             raise ValueError(f"SupportTransform: bounds must be 1-D of equal length, got {lo.shape}, {hi.shape}")
@@ -51,14 +62,19 @@ class SupportTransform(nn.Module):
         """Map unconstrained ``u`` ``(n, D)`` into the support.
 
         The result is clamped to the finite numbers strictly inside the support: far-out ``u`` saturate the sigmoid
-        (``|u| > ~17`` in float32) or overflow the exponential, which would put a sample exactly on a bound (where
-        a bounded prior's density is 0) or at ``inf``; such samples move to the nearest representable number
-        inside. NaN stays NaN (callers refuse it).
+        (``|u| > ~17`` in float32; the normal CDF at ``|u| > ~5.4`` next to a bound of magnitude 1) or overflow the
+        exponential, which would put a sample exactly on a bound (where a bounded prior's density is 0) or at
+        ``inf``; such samples move to the nearest representable number inside. NaN stays NaN (callers refuse it).
         """
         both, lower, upper = self._kinds
         lo, hi = self._safe(self.lo, both | lower), self._safe(self.hi, both | upper)
         x = u
-        x = torch.where(both, lo + (hi - lo) * torch.sigmoid(u), x)
+        if self.interval == "logit":
+            x = torch.where(both, lo + (hi - lo) * torch.sigmoid(u), x)
+        else:  # each half from its own edge, so values next to the upper bound keep their precision; exp(log_ndtr)
+            # because torch's float32 ndtr is 1 + erf and loses the far tail (ndtr(-6) = 0)
+            x = torch.where(both, torch.where(u <= 0, lo + (hi - lo) * torch.exp(special.log_ndtr(u)),
+                                              hi - (hi - lo) * torch.exp(special.log_ndtr(-u))), x)
         x = torch.where(lower, lo + torch.exp(u), x)
         x = torch.where(upper, hi - torch.exp(u), x)
         return torch.minimum(torch.maximum(x, self._inner(self.lo, self.hi, x)), self._inner(self.hi, self.lo, x))
@@ -77,11 +93,15 @@ class SupportTransform(nn.Module):
         """Map ``x`` inside the support to ``u``; points on or outside the boundary are clipped just inside."""
         both, lower, upper = self._kinds
         lo, hi = self._safe(self.lo, both | lower), self._safe(self.hi, both | upper)
-        eps = 1e-6
         width = torch.where(both, hi - lo, torch.ones_like(hi))
-        p = ((x - lo) / width).clamp(eps, 1 - eps)
         u = x
-        u = torch.where(both, torch.log(p) - torch.log1p(-p), u)
+        if self.interval == "logit":
+            p = ((x - lo) / width).clamp(1e-6, 1 - 1e-6)
+            u = torch.where(both, torch.log(p) - torch.log1p(-p), u)
+        else:  # the distance to the nearer edge, so values next to the upper bound keep their precision
+            tiny = torch.finfo(x.dtype).tiny  # |u| <= 13 in float32
+            p, q = ((x - lo) / width).clamp(tiny, 1), ((hi - x) / width).clamp(tiny, 1)
+            u = torch.where(both, torch.where(p <= 0.5, special.ndtri(p), -special.ndtri(q)), u)
         u = torch.where(lower, torch.log((x - lo).clamp_min(1e-12)), u)
         u = torch.where(upper, torch.log((hi - x).clamp_min(1e-12)), u)
         return u
@@ -91,7 +111,10 @@ class SupportTransform(nn.Module):
         both, lower, upper = self._kinds
         width = torch.where(both, self.hi - self.lo, torch.ones_like(self.hi))
         per_dim = torch.zeros_like(u)
-        per_dim = torch.where(both, torch.log(width) + F.logsigmoid(u) + F.logsigmoid(-u), per_dim)
+        if self.interval == "logit":
+            per_dim = torch.where(both, torch.log(width) + F.logsigmoid(u) + F.logsigmoid(-u), per_dim)
+        else:  # log of (hi - lo) * phi(u), the standard normal density
+            per_dim = torch.where(both, torch.log(width) - 0.5 * u**2 - 0.5 * math.log(2 * math.pi), per_dim)
         per_dim = torch.where(lower | upper, u, per_dim)
         return per_dim.sum(-1)
 

@@ -10,7 +10,7 @@ from torch.distributions import Independent, Normal, Uniform
 from sbi_inn import fit_posterior, load_posterior
 from sbi_inn.posterior import OutsideTrainingWarning
 from sbi_inn.priors import BoxUniform
-from sbi_inn.transforms import SupportTransform
+from sbi_inn.transforms import INTERVAL_MAPS, SupportTransform
 
 SMALL = {"flow": {"num_blocks": 2, "hidden": 16}, "train": {"epochs": 2}}
 
@@ -92,9 +92,10 @@ def test_a_set_size_beyond_training_warns_naming_it():
         post.sample((5,), torch.zeros(500, 1), seed=0)
 
 
-def test_support_transform_never_returns_an_edge_or_inf():
+@pytest.mark.parametrize("interval", INTERVAL_MAPS)
+def test_support_transform_never_returns_an_edge_or_inf(interval):
     t = SupportTransform(torch.tensor([0.0, 0.0, -math.inf, -math.inf]),
-                         torch.tensor([1.0, math.inf, 5.0, math.inf]))
+                         torch.tensor([1.0, math.inf, 5.0, math.inf]), interval)
     u = torch.tensor([[40.0, 100.0, 100.0, 1e38], [-40.0, -200.0, -100.0, -1e38]])
     x = t(u)
     assert torch.isfinite(x).all() and ((x > t.lo) & (x < t.hi)).all()
@@ -123,16 +124,40 @@ def test_uniform_independent_prior_box_is_also_covered():
     assert ((s > 0) & (s < 1)).all()
 
 
-def test_a_posterior_piled_against_an_edge_stays_inside_with_finite_densities():
+@pytest.mark.parametrize("interval", INTERVAL_MAPS)
+def test_a_posterior_piled_against_an_edge_stays_inside_with_finite_densities(interval):
     """y = x + noise(0.1) on [0, 1]^2, observed at the corner (1, 0): the posterior (a normal truncated at the
     corner, 68 % of its mass within 0.1 of each edge) piles against two edges. Every sample lies strictly inside the
     box and has a finite log density (issue 15: tails and support)."""
     prior = BoxUniform(torch.zeros(2), torch.ones(2))
     post = fit_posterior(_linear, prior, num_simulations=3000, seed=0, show_progress=False,
-                         config={"flow": {"num_blocks": 3, "hidden": 32}, "train": {"epochs": 40, "patience": None}})
+                         config={"flow": {"num_blocks": 3, "hidden": 32}, "train": {"epochs": 40, "patience": None},
+                                 "interval_map": interval})
     y = torch.tensor([1.0, 0.0])
     samples = post.sample((20_000,), y, seed=0)
     assert ((samples > 0) & (samples < 1)).all()
     assert (samples[:, 0] > 0.9).float().mean() > 0.5 and (samples[:, 1] < 0.1).float().mean() > 0.5  # piled up
     logp = post.log_prob(samples, y)
     assert torch.isfinite(logp).all()
+
+
+def test_probit_interval_map_survives_save_and_load(tmp_path):
+    """A cINN fitted with ``interval_map="probit"`` saves the map in its JSON configuration and loads with it (same
+    densities and samples); a file written before the option loads with the logit map it was trained with."""
+    from sbi_inn.cinn import ConditionalINN
+
+    prior = BoxUniform(torch.zeros(2), torch.ones(2))
+    post = fit_posterior(_linear, prior, num_simulations=300, config={**SMALL, "interval_map": "probit"}, seed=0,
+                         show_progress=False)
+    assert post.model.support.interval == "probit"
+    path = tmp_path / "probit.sbi"
+    post.save(path)
+    loaded = load_posterior(path)
+    assert loaded.model.support.interval == "probit"
+    y = torch.tensor([0.3, 0.9])
+    torch.testing.assert_close(loaded.sample((100,), y, seed=1), post.sample((100,), y, seed=1), atol=0, rtol=0)
+    x = torch.tensor([[0.2, 0.7], [0.99, 0.01]])
+    torch.testing.assert_close(loaded.log_prob(x, y), post.log_prob(x, y))
+    config = post.model.config()
+    del config["interval_map"]
+    assert ConditionalINN.from_config(config).support.interval == "logit"

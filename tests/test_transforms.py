@@ -3,42 +3,68 @@
 import math
 
 import pytest
+import scipy.special
 import torch
 
-from sbi_inn.transforms import Standardize, SupportTransform, standard_normal_log_prob
+from sbi_inn.transforms import INTERVAL_MAPS, Standardize, SupportTransform, standard_normal_log_prob
 
 INF = math.inf
 
 
-def _mixed():
-    return SupportTransform(torch.tensor([0.0, 0.0, -INF, -INF]), torch.tensor([1.0, INF, INF, 2.0]))
+def _mixed(interval="logit"):
+    return SupportTransform(torch.tensor([0.0, 0.0, -INF, -INF]), torch.tensor([1.0, INF, INF, 2.0]), interval)
 
 
-def test_support_transform_round_trip_and_support():
-    t = _mixed()
-    # |u| <= 8: beyond that sigmoid(u) rounds to 0 or 1 in float32 and the logit cannot recover u
-    u = (3 * torch.randn(200, 4, generator=torch.Generator().manual_seed(0))).clamp(-8, 8)
+@pytest.mark.parametrize("interval", INTERVAL_MAPS)
+def test_support_transform_round_trip_and_support(interval):
+    t = _mixed(interval)
+    # |u| <= 8 (logit) or 4 (probit): further out, float32 x next to the upper bound 1 is too coarse to give u
+    bound = 8 if interval == "logit" else 4
+    u = (3 * torch.randn(200, 4, generator=torch.Generator().manual_seed(0))).clamp(-bound, bound)
     x = t(u)
     assert t.contains(x).all()
     assert torch.allclose(t.inverse(x), u, atol=1e-3, rtol=1e-3)
     assert (x[:, 0] > 0).all() and (x[:, 0] < 1).all() and (x[:, 1] > 0).all() and (x[:, 3] < 2).all()
 
 
-def test_support_transform_log_det_matches_autograd():
-    t = _mixed()
+@pytest.mark.parametrize("interval", INTERVAL_MAPS)
+def test_support_transform_log_det_matches_autograd(interval):
+    t = _mixed(interval)
     u = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     for i in range(5):
         jac = torch.autograd.functional.jacobian(lambda v: t(v[None])[0], u[i])
         assert torch.allclose(torch.slogdet(jac)[1], t.log_abs_det(u[i : i + 1])[0], atol=1e-5)
 
 
-def test_density_through_transform_integrates_to_one():
-    """A standard normal pushed through the logit transform of [0, 2] is a proper density on [0, 2]."""
-    t = SupportTransform(torch.tensor([0.0]), torch.tensor([2.0]))
+@pytest.mark.parametrize("interval", INTERVAL_MAPS)
+def test_density_through_transform_integrates_to_one(interval):
+    """A standard normal pushed through the logit or probit transform of [0, 2] is a proper density on [0, 2]."""
+    t = SupportTransform(torch.tensor([0.0]), torch.tensor([2.0]), interval)
     x = torch.linspace(1e-4, 2 - 1e-4, 20001)[:, None]
     u = t.inverse(x)
     logq = standard_normal_log_prob(u) - t.log_abs_det(u)
     assert abs(torch.trapezoid(logq.exp(), x[:, 0]).item() - 1.0) < 1e-3
+
+
+def test_probit_map_is_the_normal_cdf_and_sends_a_uniform_to_a_standard_normal():
+    """x = lo + (hi - lo) Phi(u), exact in the far tails next to both bounds (torch's float32 ``ndtr`` is 0 below
+    u = -5.5); the pushforward density of N(0, 1) is then uniform on the box: 1 / (hi - lo) everywhere."""
+    t = SupportTransform(torch.tensor([-1.0, 0.0]), torch.tensor([3.0, 1.0]), "probit")
+    u = torch.tensor([[0.0, 0.0], [1.0, -1.0], [-9.0, -12.0], [4.0, 5.0]], dtype=torch.float64)
+    phi = torch.from_numpy(scipy.special.ndtr(u.numpy()))  # scipy's is accurate in the far tails
+    expected = torch.stack([-1 + 4 * phi[:, 0], phi[:, 1]], 1)
+    torch.testing.assert_close(SupportTransform(t.lo, t.hi, "probit").double()(u), expected, rtol=1e-12, atol=0)
+    x32 = t(torch.tensor([[0.0, -12.0], [0.0, 12.0]]))  # float32: Phi(-12) = 1.8e-33 next to the bound 0, not 0
+    assert x32[0, 1] / 1.7764821e-33 == pytest.approx(1, rel=1e-4)
+    assert x32[1, 1] == torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))  # next to 1: the last number inside
+    uu = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
+    logq = standard_normal_log_prob(uu) - t.log_abs_det(uu)
+    torch.testing.assert_close(logq, torch.full((1000,), -math.log(4.0)), rtol=0, atol=1e-5)
+
+
+def test_unknown_interval_map_is_refused():
+    with pytest.raises(ValueError, match="interval must be one of"):
+        SupportTransform(torch.zeros(1), torch.ones(1), "tanh")
 
 
 def test_standardize_fit_and_mask():
