@@ -82,7 +82,8 @@ VARIANTS = {
 }
 TEST_SEED = 999  # data seed of the held-out pairs
 TRIM = 0.01  # "trimmed": the mean without the worst 1 % of test pairs, which dominate the mean on some tasks
-OWN = {"gaussian_mixture": {}, "inverse_kinematics": {"noise": 0.01}, "tissue_spectra": {}, "gaussian_sets": {}}
+OWN = {"gaussian_mixture": {}, "inverse_kinematics": {"noise": 0.01}, "tissue_spectra": {}, "gaussian_sets": {},
+       "ddm": {}}
 
 
 def simulations(name: str, n: int, generator: torch.Generator):

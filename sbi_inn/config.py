@@ -130,8 +130,10 @@ class FitConfig:
         precondition: ``"none"``, ``"shift"`` or ``"linear"``: the flow models the posterior's departure from a
             linear model of its mean (``"shift"``) or a linear-Gaussian model (``"linear"``), fitted by ridge
             regression on the training simulations (``sbi_inn.cinn.ConditionalINN``).
-        interval_map: ``"logit"`` or ``"probit"``: how a parameter whose prior is bounded on both sides (a box) is
-            mapped to the real line before the flow (``sbi_inn.transforms.SupportTransform``).
+        interval_map: ``"probit"`` (the default) or ``"logit"``: how a parameter whose prior is bounded on both
+            sides (a box) is mapped to the real line before the flow (``sbi_inn.transforms.SupportTransform``). The
+            probit map was better on every box-prior problem measured (``benchmarks/results/design_notes.md``);
+            models saved before the option use the logit map.
 
     Example:
         >>> cfg = FitConfig.from_dict({"flow": {"num_blocks": 4}, "train": {"epochs": 50}, "summary_dim": 16})
@@ -150,7 +152,7 @@ class FitConfig:
     summary_pool: str = "mean_std"
     spline_bins: int = 8
     precondition: str = "none"
-    interval_map: str = "logit"
+    interval_map: str = "probit"
 
     def __post_init__(self):
         check_types(self)  # a JSON value of the wrong type is named here

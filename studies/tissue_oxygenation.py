@@ -175,7 +175,8 @@ def inn_config(args, budget: int, weights: dict) -> dict:
 
 def cinn_config(args, budget: int) -> dict:
     epochs = args.epochs_cinn if budget == args.budgets[0] else args.epochs_cinn_large
-    return {"train": {"epochs": epochs, "lr_schedule": "exponential"}}  # the schedule its tables were made with
+    # the schedule and box map its tables were made with
+    return {"train": {"epochs": epochs, "lr_schedule": "exponential"}, "interval_map": "logit"}
 
 
 def nn_config(args, budget: int, extra: dict) -> dict:
