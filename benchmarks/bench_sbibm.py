@@ -98,6 +98,7 @@ SBI_INN_METHODS = {"sbi_inn": {}, "sbi_inn_ema": {"config": {"train": {"ema": 0.
                    "sbi_inn_shift": {"config": {"precondition": "shift"}},
                    "sbi_inn_lin_ens3": {"members": 3, "config": {"precondition": "linear"}},
                    "sbi_inn_pcmix": {"members": [{}, {"precondition": "linear"}]},
+                   "sbi_inn_pcbest": {"members": [{}, {"precondition": "linear"}], "combine": "best"},
                    "sbi_inn_ep400": {"config": {"train": {"epochs": 400}}}}
 METHODS = (*SBI_INN_METHODS, "sbi_maf", "sbi_nsf")
 SBIBM_VERSION = "1.1.0"
@@ -287,7 +288,8 @@ def worker(spec: dict) -> dict:
             variant = SBI_INN_METHODS[method]
             if "members" in variant:
                 posterior = fit_ensemble(data=(x, y), prior=task.prior, seed=spec["seed"], show_progress=False,
-                                         members=variant["members"], config=variant.get("config"))
+                                         members=variant["members"], config=variant.get("config"),
+                                         combine=variant.get("combine", "mixture"))
             else:
                 posterior = fit_posterior(data=(x, y), prior=task.prior, seed=spec["seed"], show_progress=False,
                                           config=variant.get("config"))
