@@ -147,7 +147,8 @@ class ConditionalINN(nn.Module):
             ``A f(y) + b`` in its last ``D`` columns. ``"shift"`` is the same with ``L = I``: the flow models
             ``v - A f(y) - b``.
         interval_map: ``"logit"`` or ``"probit"``: the map of parameters bounded on both sides to the real line
-            (:class:`sbi_inn.transforms.SupportTransform`).
+            (:class:`sbi_inn.transforms.SupportTransform`). ``fit_posterior`` passes ``FitConfig.interval_map``
+            (``"probit"`` by default); ``"logit"`` here is the map of the models saved before the option.
 
     Example:
         >>> model = ConditionalINN(2, (3,), flow=FlowConfig(num_blocks=2, hidden=16), summary_dim=4)
