@@ -71,10 +71,10 @@ class SupportTransform(nn.Module):
         x = u
         if self.interval == "logit":
             x = torch.where(both, lo + (hi - lo) * torch.sigmoid(u), x)
-        else:  # each half from its own edge, so values next to the upper bound keep their precision; exp(log_ndtr)
-            # because torch's float32 ndtr is 1 + erf and loses the far tail (ndtr(-6) = 0)
-            x = torch.where(both, torch.where(u <= 0, lo + (hi - lo) * torch.exp(special.log_ndtr(u)),
-                                              hi - (hi - lo) * torch.exp(special.log_ndtr(-u))), x)
+        else:  # from the nearer edge, so values next to either bound keep their precision; the tail probability
+            # Phi(-|u|) = erfc(|u| / sqrt 2) / 2 stays accurate far out (torch's float32 ndtr is 1 + erf: 0 below -5.5)
+            tail = 0.5 * special.erfc(u.abs() * (0.5**0.5))
+            x = torch.where(both, torch.where(u <= 0, lo + (hi - lo) * tail, hi - (hi - lo) * tail), x)
         x = torch.where(lower, lo + torch.exp(u), x)
         x = torch.where(upper, hi - torch.exp(u), x)
         return torch.minimum(torch.maximum(x, self._inner(self.lo, self.hi, x)), self._inner(self.hi, self.lo, x))
@@ -101,7 +101,8 @@ class SupportTransform(nn.Module):
         else:  # the distance to the nearer edge, so values next to the upper bound keep their precision
             tiny = torch.finfo(x.dtype).tiny  # |u| <= 13 in float32
             p, q = ((x - lo) / width).clamp(tiny, 1), ((hi - x) / width).clamp(tiny, 1)
-            u = torch.where(both, torch.where(p <= 0.5, special.ndtri(p), -special.ndtri(q)), u)
+            z = special.ndtri(torch.minimum(p, q))  # <= 0: minus the distance in u from the centre
+            u = torch.where(both, torch.where(p <= q, z, -z), u)
         u = torch.where(lower, torch.log((x - lo).clamp_min(1e-12)), u)
         u = torch.where(upper, torch.log((hi - x).clamp_min(1e-12)), u)
         return u
