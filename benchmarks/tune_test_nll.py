@@ -76,7 +76,8 @@ VARIANTS = {
     "pc_mix": {"members": [{}, {"precondition": "linear"}], "combine": "mixture"},
     "lin_ema0.99": {"precondition": "linear", "train": {"ema": 0.99}},
     # the probit map of box-bounded parameters (FitConfig.interval_map) instead of the logit map
-    "probit": {"interval_map": "probit"},
+    "probit": {"interval_map": "probit"},  # the default since the fifth session of issue 15
+    "logit": {"interval_map": "logit"},  # the map before it
     "probit_lin": {"interval_map": "probit", "precondition": "linear"},
     "probit_pc_best": {"interval_map": "probit", "members": [{}, {"precondition": "linear"}], "combine": "best"},
 }
