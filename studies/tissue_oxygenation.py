@@ -12,6 +12,16 @@ the thesis' 15 000 spectra and a larger one (``--large-budget``, default 50 000:
   ``studies/gaussian_mixture_inn.py``);
 * ``INN, only L_x``: inverse training only, ``w_y = w_z = 0`` (padding and reconstruction terms kept as in the full
   INN); both ablations at the 15 000 budget only;
+* ``INN, noise as parameters`` (ours, not in the thesis; diffusion mode only): the bidirectional INN on the
+  simulator made deterministic. The camera noise is log-normal, ``y = ybar(x) exp(sigma eps)``, so every training
+  pair's noise draws ``eps = (log y - log ybar(x)) / sigma`` (8 numbers, ``noise_draws``) are known; the INN learns
+  ``[x, eps] -> [y, z]`` with the prior ``p(x) N(eps; 0, I)`` (``noise_prior``), ``K = 14 - 8 = 6`` latent
+  dimensions and no padding (``INNConfig(deterministic=True)``), and its posterior samples of ``[x, eps]`` keep
+  ``x`` (the noise marginalised out). The other INN rows train ``x -> y`` with padding, a forward map that is
+  deterministic in ``x`` while ``y`` carries 8 dimensions of noise, and come out over-confident. Its settings are
+  those of ``studies/inverse_kinematics_inn.py`` (the package's deterministic INN study) with ``L_kl`` weighted 3
+  and 120 epochs (36 at the larger budget, about as many steps), chosen on validation observations apart from the
+  test set (``studies/tissue_inn_probe.py``; ``INN_NOISE``);
 * ``cINN``: the conditional INN of ch. 3 (``fit_posterior`` default, maximum likelihood);
 * ``NN``: a point-estimate MLP ``y -> x`` with squared loss (``sbi_inn.regression``), no posterior, so no
   calibration;
@@ -74,9 +84,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.distributions import Normal, Uniform
 
 from sbi_inn import diagnostics, fit_posterior, plots, reference
-from sbi_inn.priors import support_bounds
+from sbi_inn.priors import IndependentPrior, support_bounds
 from sbi_inn.regression import fit_regressor
 from simulators import get_simulator
 
@@ -91,6 +102,10 @@ MAP_STARTS = 4  # mean-shift starts per observation (the sample mean and 3 sampl
 # Here 4 blocks of 3 layers (2 hidden) and batch 500 (MMD over larger batches), chosen for sampling speed on a CPU.
 INN_FLOW = {"num_blocks": 4, "hidden": 128, "num_layers": 2, "activation": "leaky_relu", "clamp": 1.0}
 INN_VARIANTS = {"INN": {}, "INN, only L_y, L_z": {"w_x": 0.0}, "INN, only L_x": {"w_y": 0.0, "w_z": 0.0}}
+INN_NOISE_NAME = "INN, noise as parameters"
+# the deterministic-INN settings of studies/inverse_kinematics_inn.py, L_kl weighted 3 (module docstring)
+INN_NOISE = {"deterministic": True, "w_y": 100.0, "w_z": 50.0, "w_x": 50.0, "w_kl": 3.0, "widths": [0.2, 0.5, 1.2],
+             "flow": {"num_blocks": 6, "hidden": 256, "num_layers": 2, "activation": "silu", "clamp": 1.0}}
 NN_VARIANTS = {"NN": {}, "NN + dropout": {"dropout": 0.2, "heteroscedastic": True}}
 COLUMNS = {
     "map_error_sO2": "RMSE of the mean-shift MAP estimate of sO2 (prior [0, 1])",
@@ -120,6 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--map-samples", type=int, default=256, help="of which the mean-shift MAP uses the first ...")
     p.add_argument("--epochs-inn", type=int, default=30, help="INN epochs at 15 000 simulations")
     p.add_argument("--epochs-inn-large", type=int, default=8, help="INN epochs at the larger budget")
+    p.add_argument("--epochs-inn-noise", type=int, default=120, help="epochs of the INN with the noise as parameters "
+                   "at 15 000 simulations")
+    p.add_argument("--epochs-inn-noise-large", type=int, default=36, help="... at the larger budget")
     p.add_argument("--epochs-cinn", type=int, default=100, help="cINN epochs at 15 000 (early stopping may end it)")
     p.add_argument("--epochs-cinn-large", type=int, default=30, help="cINN epochs at the larger budget")
     p.add_argument("--epochs-nn", type=int, default=60, help="NN epochs at 15 000 (early stopping may end it)")
@@ -141,6 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.num_samples, args.map_samples, args.mcmc_max_steps, args.mc_pilot = 128, 64, 300, 0
         args.mcmc_walkers = 16
         args.epochs_inn = args.epochs_inn_large = args.epochs_cinn = args.epochs_cinn_large = 2
+        args.epochs_inn_noise = args.epochs_inn_noise_large = 2
         args.epochs_nn = args.epochs_nn_large = 3
         args.num_bootstrap = 20
     budgets = [2000 if args.quick else THESIS_BUDGET] + ([args.large_budget] if args.large_budget else [])
@@ -171,6 +190,26 @@ def inn_config(args, budget: int, weights: dict) -> dict:
     epochs = args.epochs_inn if budget == args.budgets[0] else args.epochs_inn_large
     train = {"epochs": epochs, "batch_size": 500, "lr": 2e-3, "lr_final": 2e-5, "patience": None}
     return {**weights, "flow": dict(INN_FLOW), "train": train}
+
+
+def inn_noise_config(args, budget: int) -> dict:
+    epochs = args.epochs_inn_noise if budget == args.budgets[0] else args.epochs_inn_noise_large
+    train = {"epochs": epochs, "batch_size": 500, "lr": 3e-3, "lr_final": 1e-5, "patience": None}
+    return {**INN_NOISE, "train": train}
+
+
+def noise_draws(sim, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The camera-noise draws ``eps`` ``(n, M)`` behind observations ``y = ybar(x) exp(sigma eps)`` ``(n, M)`` of
+    parameters ``x`` ``(n, D)`` (``TissueSpectra``'s log-normal noise, diffusion mode: ``ybar`` is exact)."""
+    ybar = sim.band_intensities(x).to(torch.float64)
+    return ((torch.log(y.to(torch.float64)) - torch.log(ybar)) / sim.noise).to(x.dtype)
+
+
+def noise_prior(sim) -> IndependentPrior:
+    """The prior of ``[x, eps]``: the simulator's box for ``x``, independent standard normals for ``eps``."""
+    low, high = support_bounds(sim.prior)
+    return IndependentPrior([Uniform(float(a), float(b)) for a, b in zip(low, high)]
+                            + [Normal(0.0, 1.0)] * sim.obs_dim)
 
 
 def cinn_config(args, budget: int) -> dict:
@@ -207,6 +246,13 @@ def run_amortised(args, sim, budget: int, x_train, y_train, sim_s: float, y_test
         post = fit_posterior(data=(x_train, y_train), prior=sim.prior, method="inn", seed=args.seed,
                              config=inn_config(args, budget, INN_VARIANTS[name]), show_progress=not args.quiet)
         runs[name] = {"model": post, "train_s": sim_s + time.perf_counter() - t0, "epochs": len(post.history)}
+    if args.method == "diffusion":  # the Monte Carlo mode's photon noise cannot be recovered from (x, y)
+        t0 = time.perf_counter()
+        x_aug = torch.cat([x_train, noise_draws(sim, x_train, y_train)], 1)
+        post = fit_posterior(data=(x_aug, y_train), prior=noise_prior(sim), method="inn", seed=args.seed,
+                             config=inn_noise_config(args, budget), show_progress=not args.quiet)
+        runs[INN_NOISE_NAME] = {"model": post, "train_s": sim_s + time.perf_counter() - t0,
+                                "epochs": len(post.history), "keep": sim.param_dim}
     t0 = time.perf_counter()
     post = fit_posterior(data=(x_train, y_train), prior=sim.prior, method="cinn", seed=args.seed,
                          config=cinn_config(args, budget), show_progress=not args.quiet)
@@ -226,6 +272,7 @@ def run_amortised(args, sim, budget: int, x_train, y_train, sim_s: float, y_test
                 s = clip_to_prior(run["model"].sample_batched((args.num_samples,), y_test, seed=gen_seed), sim.prior)
             else:
                 s = run["model"].sample_batched((args.num_samples,), y_test, seed=gen_seed).cpu()
+                s = s[..., :run["keep"]] if "keep" in run else s  # [x, eps] -> x
             run["samples"] = s
             run["map"] = posterior_estimates(args, s, sim.prior)
         run["infer_s"] = time.perf_counter() - t0
@@ -498,7 +545,8 @@ def main(argv=None) -> dict:
         "machine": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
                     "load_average": list(__import__("os").getloadavg())},
         "inn_variants": INN_VARIANTS, "inn_flow": INN_FLOW, "nn_variants": NN_VARIANTS,
-        "configs": {str(b): {"INN": inn_config(args, b, {}), "cINN": cinn_config(args, b),
+        "configs": {str(b): {"INN": inn_config(args, b, {}), INN_NOISE_NAME: inn_noise_config(args, b),
+                             "cINN": cinn_config(args, b),
                              "NN": nn_config(args, b, {})} for b in args.budgets},
         "epochs": {str(b): {n: r.get("epochs") for n, r in m.items()} for b, m in runs.items()},
         "abc": {str(b): {"accepted_per_obs": m["ABC"]["accepted"], "simulations": m["ABC"]["simulations"]}

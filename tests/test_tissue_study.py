@@ -6,9 +6,9 @@ import math
 import pytest
 from _studies import load_study
 
-SMALL_ROWS = ["INN", "INN, only L_y, L_z", "INN, only L_x", "cINN", "NN", "NN + dropout", "ABC", "MCMC",
-              "simulation noise"]
-LARGE_ROWS = ["INN", "cINN", "NN", "NN + dropout", "ABC", "simulation noise"]
+SMALL_ROWS = ["INN", "INN, only L_y, L_z", "INN, only L_x", "INN, noise as parameters", "cINN", "NN", "NN + dropout",
+              "ABC", "MCMC", "simulation noise"]
+LARGE_ROWS = ["INN", "INN, noise as parameters", "cINN", "NN", "NN + dropout", "ABC", "simulation noise"]
 METRICS = ["map_error_sO2", "map_error_recoverable", "map_resim_error", "calibration_error"]
 
 
@@ -47,6 +47,34 @@ def test_quick_run_writes_every_row_and_figure(quick):
     rec = saved["recoverability"]
     assert rec["source"] == "MCMC" and "sO2" in rec["recoverable"] and len(rec["contraction"]) == 6
     assert set(saved["calibration_curves"]["2000"]) == set(SMALL_ROWS) - {"NN", "MCMC", "simulation noise"}
+
+
+def test_noise_draws_are_the_simulators_own(quick):
+    # y = ybar(x) exp(sigma eps): the draws recovered from (x, y) are the simulator's standard normals, and the
+    # augmented prior is the box times N(0, I)
+    import torch
+
+    from sbi_inn.priors import support_bounds
+    from simulators import get_simulator
+
+    mod = quick[0]
+    sim = get_simulator("tissue_spectra")
+    g = torch.Generator().manual_seed(3)
+    x = sim.sample_prior(4000, generator=g)
+    y = sim.simulate(x, generator=g)
+    eps = mod.noise_draws(sim, x, y)
+    assert eps.shape == (4000, sim.obs_dim)
+    # a wrong ybar (e.g. bands not normalised) would shift the means by its log-ratio / sigma
+    assert eps.mean(0).abs().max() < 0.06 and (eps.std(0) - 1).abs().max() < 0.05
+    assert torch.corrcoef(eps.T).fill_diagonal_(0).abs().max() < 0.07  # independent bands
+    again = sim.band_intensities(x) * torch.exp(sim.noise * eps.double())
+    assert torch.allclose(again.float(), y, rtol=1e-5)
+    prior = mod.noise_prior(sim)
+    draws = prior.sample((20_000,))
+    assert draws.shape == (20_000, sim.param_dim + sim.obs_dim)
+    assert torch.allclose(draws[:, sim.param_dim:].std(0), torch.ones(sim.obs_dim), atol=0.03)
+    lo, hi = support_bounds(sim.prior)
+    assert ((draws[:, :sim.param_dim] >= lo) & (draws[:, :sim.param_dim] <= hi)).all()
 
 
 def test_resimulation_noise_floor_is_sigma_times_chi(quick):
