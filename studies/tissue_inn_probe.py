@@ -48,13 +48,14 @@ def main(argv=None) -> dict:
     g = torch.Generator().manual_seed(args.seed + study.THESIS_BUDGET)  # the study's training simulations
     x = sim.sample_prior(study.THESIS_BUDGET, generator=g)
     y = sim.simulate(x, generator=g)
-    train = {"epochs": args.epochs, "batch_size": 500, "patience": None}
+    # the study's own settings of the row at the thesis budget, with --epochs
+    row_args = argparse.Namespace(budgets=[study.THESIS_BUDGET], epochs_inn=args.epochs, epochs_inn_noise=args.epochs)
     if args.noise_as_parameters:
         data, prior = (torch.cat([x, study.noise_draws(sim, x, y)], 1), y), study.noise_prior(sim)
-        config = {**study.INN_NOISE, "train": {**train, "lr": 3e-3, "lr_final": 1e-5}}
+        config = study.inn_noise_config(row_args, study.THESIS_BUDGET)
     else:
         data, prior = (x, y), sim.prior
-        config = {"flow": dict(study.INN_FLOW), "train": {**train, "lr": 2e-3, "lr_final": 2e-5}}
+        config = study.inn_config(row_args, study.THESIS_BUDGET, {})
     change = json.loads(args.config)
     config = {**config, **change, "train": {**config["train"], **change.get("train", {})}}
     t0 = time.perf_counter()
