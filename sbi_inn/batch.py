@@ -93,7 +93,7 @@ FORMAT = "sbi_inn.inference"
 FORMAT_VERSION = 1
 MAX_ROWS = 4 * SAMPLE_CHUNK_ROWS
 """``max_rows`` of every chunk's ``sample_batched`` call (recorded). 4x ``Posterior.sample``'s 4096: one flow pass
-over 64 pixels x 256 samples instead of 16 x 256 sampled a tissue image 1.4x as fast on two threads (fewer, larger
+over 64 pixels x 256 samples instead of 16 x 256 sampled a tissue image 1.3-1.5x as fast on two threads (fewer, larger
 matrix products; `benchmarks/bench_maps.py`) for ~10 MiB more memory; for one observation of up to 4096 samples the
 draws are the same either way."""
 POINT_ESTIMATES = ("median", "mean_shift")
