@@ -427,6 +427,24 @@ def target_check(summary: dict, best: float, variant: str = "") -> dict:
                         "order": ["selected beta", "feed-forward", "class-NLL (beta=1)"]}}
 
 
+def paired_difference(runs: dict, a: str, b: str, key: str = "ece") -> tuple[float, float]:
+    """Mean and standard error over seeds of ``key`` of model ``a`` minus model ``b``, paired by seed (both models
+    of a seed share its data and test set); the standard error is ``nan`` for one seed."""
+    d = np.array([ra[key] - rb[key] for ra, rb in zip(runs[a], runs[b], strict=True)])
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+    return float(d.mean()), se
+
+
+def _difference_line(r: dict, variant: str) -> str:
+    """The selected beta's ECE minus the baselines', in points, paired over seeds (for the table)."""
+    sel = f"beta={r['selected_beta']:g}{variant}"
+    parts = []
+    for base in (f"feed-forward{variant}", "beta=1"):
+        m, se = paired_difference(r["runs"], sel, base)
+        parts.append(f"minus {base} {100 * m:+.2f} ± {100 * se:.2f}")
+    return f"ECE of {sel}, paired over {len(r['seeds'])} seeds (mean ± standard error, points): " + "; ".join(parts)
+
+
 # -- figures and table ----------------------------------------------------------------------------------------------
 def plot_sweep(result: dict, path: Path) -> None:
     s, betas = result["summary"], result["betas"]
@@ -536,9 +554,10 @@ def write_table(out: Path) -> None:
                 lines[-1] += f" {pct('bayes_tv')} |"
         lines += ["", f"Target at the selected beta = {r['selected_beta']:g} (gamma {r['selected_gamma']:.3g}): "
                   + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in t.items() if k != "numbers"), "",
+                  _difference_line(r, ""), "",
                   "Without label smoothing (selected beta and feed-forward both unsmoothed, class-NLL as above): "
                   + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["target_without_smoothing"].items()
-                              if k != "numbers"), "",
+                              if k != "numbers"), "", _difference_line(r, " (no smoothing)"), "",
                   "OoD AUROC per set (mean over seeds): "
                   + "; ".join(f"{key}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in s[key]["auroc"].items())
                               for key in dict.fromkeys(("beta=1", f"beta={r['selected_beta']:g}", "feed-forward",
