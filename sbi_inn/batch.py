@@ -80,6 +80,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
+from sbi_inn.hdf5_format import COMPRESSION
 from sbi_inn.images import FORMAT as IMAGE_FORMAT
 from sbi_inn.images import check_bands, image_info, nonfinite_pixels, pixel_text, read_pixels
 from sbi_inn.locking import exclusive_lock
@@ -100,7 +101,6 @@ POINT_ESTIMATES = ("median", "mean_shift")
 _ON_NAN = ("raise", "mask")
 _WIDTH_LEVELS = (0.16, 0.84)
 _SUMMARIES = ("mean", "std", "median", "width68")
-_COMPRESSION = {"compression": "lzf", "shuffle": True}
 _CHUNK_BYTES = 1 << 20
 _SCAN_ROWS = 1 << 16  # observations read at once when hashing and checking the input
 
@@ -576,14 +576,14 @@ def _open_or_create(out: Path, header: dict, inp: _Input, valid: np.ndarray, d: 
         for name, shape in _layout(settings, d).items():
             full = (*shape[:-2], *_row_shape(inp, header["kind"]), d)
             ds = f.create_dataset(name, shape=full, dtype=np.float32, fillvalue=np.nan,
-                                  chunks=_chunks(full, len(shape) - 2), **_COMPRESSION)
+                                  chunks=_chunks(full, len(shape) - 2), **COMPRESSION)
             if name == "quantiles":
                 ds.attrs["levels"] = json.dumps(settings.quantiles)
             if name == "width68":
                 ds.attrs["levels"] = json.dumps(_WIDTH_LEVELS)
         if header["kind"] == "summaries" and settings.point == "median":
             f["point"] = f["median"]  # a hard link: the median is the point estimate, stored once
-        f.create_dataset("mask", data=valid.reshape(inp.shape), **_COMPRESSION)
+        f.create_dataset("mask", data=valid.reshape(inp.shape), **COMPRESSION)
         f.create_dataset("done", shape=(num_chunks,), dtype=np.uint8, fillvalue=0)
         f.flush()
     except BaseException:

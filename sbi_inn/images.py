@@ -44,6 +44,7 @@ import h5py
 import numpy as np
 
 from sbi_inn._version import __version__
+from sbi_inn.hdf5_format import COMPRESSION
 from sbi_inn.locking import exclusive_lock
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ImageInfo", "ObservationImage", "image_info", "is_image_file",
@@ -52,7 +53,6 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "ImageInfo", "ObservationImage", "image_i
 
 FORMAT = "sbi_inn.image"
 FORMAT_VERSION = 1
-_COMPRESSION = {"compression": "lzf", "shuffle": True}
 _CHUNK_BYTES = 256 * 1024
 _RESERVED = ("format", "format_version", "sbi_inn_version", "created", "height", "width", "num_bands",
              "obs_names", "param_names", "has_truth", "attrs_keys")
@@ -149,9 +149,9 @@ def write_observation_image(path: str | os.PathLike, y, *, truth=None, param_nam
     tmp = path.with_name(path.name + ".tmp")
     with exclusive_lock(path, what="image file"):
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("y", data=y, chunks=_chunks(y.shape), **_COMPRESSION)
+            f.create_dataset("y", data=y, chunks=_chunks(y.shape), **COMPRESSION)
             if truth is not None:
-                f.create_dataset("truth", data=truth, chunks=_chunks(truth.shape), **_COMPRESSION)
+                f.create_dataset("truth", data=truth, chunks=_chunks(truth.shape), **COMPRESSION)
             f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, sbi_inn_version=__version__,
                            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            height=h, width=w, num_bands=m, obs_names=json.dumps(obs_names),
