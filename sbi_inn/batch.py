@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
 import hashlib
 import json
 import math
@@ -80,7 +79,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sbi_inn._version import __version__
-from sbi_inn.hdf5_format import COMPRESSION
+from sbi_inn.hdf5_format import COMPRESSION, utc_now
 from sbi_inn.images import FORMAT as IMAGE_FORMAT
 from sbi_inn.images import check_bands, image_info, nonfinite_pixels, pixel_text, read_pixels
 from sbi_inn.locking import exclusive_lock
@@ -440,7 +439,7 @@ def _run(posterior, observations, output, *, kind, num_samples, seed, quantiles,
                         _commit(f, task, _compute(posterior, task), inp, kind)
                         bar.update()
             _rewarn(caught, num_chunks)
-            f.attrs.update(completed=True, updated=_now())
+            f.attrs.update(completed=True, updated=utc_now())
             f.flush()
             datasets = sorted(f)
         finally:
@@ -570,7 +569,7 @@ def _open_or_create(out: Path, header: dict, inp: _Input, valid: np.ndarray, d: 
     f = h5py.File(out, "w")
     try:
         f.attrs.update(header)
-        f.attrs.update(paths, created=_now(), updated=_now(), completed=False, num_chunks=num_chunks)
+        f.attrs.update(paths, created=utc_now(), updated=utc_now(), completed=False, num_chunks=num_chunks)
         settings = _Settings(header["kind"], header["num_samples"], header["seed"], header["chunk_rows"],
                              tuple(json.loads(header["quantiles"])), header["point_estimate"], header["on_nan"])
         for name, shape in _layout(settings, d).items():
@@ -682,7 +681,3 @@ def _rewarn(caught: list, num_chunks: int) -> None:
         first = str(items[0].message)
         more = f" (and in {len(items) - 1} more of the {num_chunks} chunks)" if len(items) > 1 else ""
         warnings.warn(f"{first}{more}", category, stacklevel=4)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

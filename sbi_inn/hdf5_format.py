@@ -21,6 +21,8 @@ References:
 
 from __future__ import annotations
 
+import datetime
+
 import h5py
 import numpy as np
 
@@ -81,3 +83,8 @@ def check_int(name: str, value, minimum: int) -> int:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
+
+def utc_now() -> str:
+    """The time now as the ``created`` / ``updated`` attributes of the package's HDF5 files record it (UTC, ISO 8601,
+    seconds)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
@@ -36,7 +35,16 @@ import numpy as np
 import torch
 
 from sbi_inn._version import __version__
-from sbi_inn.hdf5_format import COMPRESSION, FORMAT, FORMAT_VERSION, STATS, check_int, committed_stats, read_attr
+from sbi_inn.hdf5_format import (
+    COMPRESSION,
+    FORMAT,
+    FORMAT_VERSION,
+    STATS,
+    check_int,
+    committed_stats,
+    read_attr,
+    utc_now,
+)
 from sbi_inn.locking import OutputLockedError, exclusive_lock
 from sbi_inn.priors import describe_prior
 from sbi_inn.simulation import Chunk, SeedTree, Simulation, simulate_chunks
@@ -295,7 +303,7 @@ class _Writer:
         sim, d, m = self.sim, self.sim.param_dim, chunk.y.shape[-1]
         attrs = dict(self.header)
         attrs.update(format=FORMAT, format_version=FORMAT_VERSION, sbi_inn_version=__version__,
-                     created=_now(), param_names=json.dumps(sim.param_names), obs_names=json.dumps(sim.obs_names),
+                     created=utc_now(), param_names=json.dumps(sim.param_names), obs_names=json.dumps(sim.obs_names),
                      obs_dim=m, is_set_valued=bool(sim.is_set_valued), num_requested=0, num_simulated=0,
                      num_rows=0, num_invalid=0, chunks_done=0, completed=False)
         f.attrs.update(attrs)
@@ -331,7 +339,7 @@ class _Writer:
         f.attrs["chunks_done"] = self.chunks_done  # the commit point
         f.flush()
         f.attrs.update(num_simulated=self.num_simulated, num_rows=self.rows, num_invalid=self.num_invalid,
-                       num_requested=max(num_requested, int(f.attrs["num_requested"])), updated=_now())
+                       num_requested=max(num_requested, int(f.attrs["num_requested"])), updated=utc_now())
         if self.sim.is_set_valued:
             f.attrs["max_set_size"] = max(int(f.attrs.get("max_set_size", 0)), int(arrays["sizes"].max(initial=0)))
 
@@ -363,10 +371,6 @@ def _extend(ds, start: int, values: np.ndarray) -> None:
         ds[start:start + len(values)] = values
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def write_samples_hdf5(path, samples, *, param_names, attrs: dict | None = None) -> None:
     """Write posterior samples ``(n, B, D)`` to ``path`` as dataset ``samples`` with ``param_names`` attributes."""
     samples = np.asarray(samples)
@@ -378,4 +382,3 @@ def write_samples_hdf5(path, samples, *, param_names, attrs: dict | None = None)
         f.attrs["layout"] = "(num_samples, num_observations, num_parameters)"
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
-

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import h5py
 import numpy as np
 
 from sbi_inn._version import __version__
-from sbi_inn.hdf5_format import COMPRESSION
+from sbi_inn.hdf5_format import COMPRESSION, utc_now
 from sbi_inn.locking import exclusive_lock
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ImageInfo", "ObservationImage", "image_info", "is_image_file",
@@ -153,7 +152,7 @@ def write_observation_image(path: str | os.PathLike, y, *, truth=None, param_nam
             if truth is not None:
                 f.create_dataset("truth", data=truth, chunks=_chunks(truth.shape), **COMPRESSION)
             f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, sbi_inn_version=__version__,
-                           created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           created=utc_now(),
                            height=h, width=w, num_bands=m, obs_names=json.dumps(obs_names),
                            param_names=json.dumps(param_names), has_truth=truth is not None,
                            attrs_keys=json.dumps(sorted(extra)))
