@@ -20,7 +20,7 @@ the thesis' 15 000 spectra and a larger one (``--large-budget``, default 50 000:
   ``x`` (the noise marginalised out). The other INN rows train ``x -> y`` with padding, a forward map that is
   deterministic in ``x`` while ``y`` carries 8 dimensions of noise, and come out over-confident. Its settings are
   those of ``studies/inverse_kinematics_inn.py`` (the package's deterministic INN study) with ``L_kl`` weighted 3
-  and 120 epochs (36 at the larger budget, about as many steps), chosen on validation observations apart from the
+  and 240 epochs (72 at the larger budget, about as many steps), chosen on validation observations apart from the
   test set (``studies/tissue_inn_probe.py``; ``INN_NOISE``);
 * ``cINN``: the conditional INN of ch. 3 (``fit_posterior`` default, maximum likelihood);
 * ``NN``: a point-estimate MLP ``y -> x`` with squared loss (``sbi_inn.regression``), no posterior, so no
@@ -135,9 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--map-samples", type=int, default=256, help="of which the mean-shift MAP uses the first ...")
     p.add_argument("--epochs-inn", type=int, default=30, help="INN epochs at 15 000 simulations")
     p.add_argument("--epochs-inn-large", type=int, default=8, help="INN epochs at the larger budget")
-    p.add_argument("--epochs-inn-noise", type=int, default=120, help="epochs of the INN with the noise as parameters "
+    p.add_argument("--epochs-inn-noise", type=int, default=240, help="epochs of the INN with the noise as parameters "
                    "at 15 000 simulations")
-    p.add_argument("--epochs-inn-noise-large", type=int, default=36, help="... at the larger budget")
+    p.add_argument("--epochs-inn-noise-large", type=int, default=72, help="... at the larger budget")
     p.add_argument("--epochs-cinn", type=int, default=100, help="cINN epochs at 15 000 (early stopping may end it)")
     p.add_argument("--epochs-cinn-large", type=int, default=30, help="cINN epochs at the larger budget")
     p.add_argument("--epochs-nn", type=int, default=60, help="NN epochs at 15 000 (early stopping may end it)")
