@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from sbi_inn._version import __version__
-from sbi_inn.hdf5_format import FORMAT, FORMAT_VERSION, STATS, check_int, committed_stats, read_attr
+from sbi_inn.hdf5_format import FORMAT, FORMAT_VERSION, STATS, check_int, committed_stats, read_attr, read_int_attr
 from sbi_inn.hdf5_writer import simulate_to_hdf5, write_samples_hdf5
 
 _CACHE_BYTES = 32 * 1024**2  # HDF5 chunk cache per open file when reading
@@ -337,10 +337,10 @@ def _metadata(f: h5py.File) -> dict[str, Any]:
         raise ValueError(f"{f.filename!r} lacks the attribute(s) {', '.join(missing)}: not a complete sbi_inn "
                          "simulation file")
     meta = {"simulator": read_attr(f, "simulator"), "simulator_config": _json_attr(f, "simulator_config", dict),
-            "prior": _json_attr(f, "prior", (dict, list)), "seed": _int_attr(f, "seed"),
-            "chunk_size": _int_attr(f, "chunk_size", 1), "param_names": _names_attr(f, "param_names"),
+            "prior": _json_attr(f, "prior", (dict, list)), "seed": read_int_attr(f, "seed"),
+            "chunk_size": read_int_attr(f, "chunk_size", 1), "param_names": _names_attr(f, "param_names"),
             "obs_names": _names_attr(f, "obs_names"), "is_set_valued": bool(read_attr(f, "is_set_valued")),
-            "sbi_inn_version": read_attr(f, "sbi_inn_version"), "format_version": _int_attr(f, "format_version", 1),
+            "sbi_inn_version": read_attr(f, "sbi_inn_version"), "format_version": read_int_attr(f, "format_version", 1),
             "created": read_attr(f, "created"), "updated": read_attr(f, "updated") if "updated" in f.attrs else None}
     _check_datasets(f, meta)
     meta["compression"] = f["x"].compression
@@ -367,13 +367,6 @@ def _names_attr(f: h5py.File, key: str) -> list[str]:
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{f.filename!r}: attribute {key!r} must be a non-empty JSON list of names, got {names!r}")
     return names
-
-
-def _int_attr(f: h5py.File, key: str, minimum: int = 0) -> int:
-    value = read_attr(f, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{f.filename!r}: attribute {key!r} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_datasets(f: h5py.File, meta: dict) -> None:

@@ -1,4 +1,5 @@
-"""The simulation-file format ``sbi_inn.simulations`` (version 1) and the checks its writer and readers share.
+"""The simulation-file format ``sbi_inn.simulations`` (version 1), the checks its writer and readers share, and the
+attribute readers and conventions (compression, timestamps) of every HDF5 file the package writes.
 
 The layout, one row per kept simulation:
 
@@ -69,6 +70,14 @@ def read_attr(f: h5py.File, key: str):
         return value.decode()
     if isinstance(value, np.generic):
         return value.item()
+    return value
+
+
+def read_int_attr(f: h5py.File, key: str, minimum: int = 0) -> int:
+    """Attribute ``key`` of ``f``, refused naming the file and the attribute unless an integer >= ``minimum``."""
+    value = read_attr(f, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{f.filename!r}: attribute {key!r} must be an integer >= {minimum}, got {value!r}")
     return value
 
 

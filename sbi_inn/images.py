@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from sbi_inn._version import __version__
-from sbi_inn.hdf5_format import COMPRESSION, utc_now
+from sbi_inn.hdf5_format import COMPRESSION, read_attr, read_int_attr, utc_now
 from sbi_inn.locking import exclusive_lock
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ImageInfo", "ObservationImage", "image_info", "is_image_file",
@@ -253,13 +253,13 @@ def _info(f: h5py.File, path, obs_shape) -> ImageInfo:
     missing = [k for k in _RESERVED if k not in f.attrs]
     if missing:
         raise ValueError(f"{str(path)!r} lacks the attribute(s) {', '.join(missing)}: not a complete sbi_inn image")
-    version = _int(f, "format_version", 1)
+    version = read_int_attr(f, "format_version", 1)
     if version > FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} is in image format version {version}; this sbi_inn ({__version__}) reads "
                          f"versions 1 to {FORMAT_VERSION}")
-    h, w, m = _int(f, "height", 1), _int(f, "width", 1), _int(f, "num_bands", 1)
+    h, w, m = read_int_attr(f, "height", 1), read_int_attr(f, "width", 1), read_int_attr(f, "num_bands", 1)
     obs_names, param_names = _json(f, "obs_names", list), _json(f, "param_names", list)
-    has_truth = bool(_value(f, "has_truth"))
+    has_truth = bool(read_attr(f, "has_truth"))
     keys = _json(f, "attrs_keys", list)
     if len(obs_names) != m:
         raise ValueError(f"{str(path)!r}: {len(obs_names)} obs_names for {m} bands")
@@ -274,7 +274,7 @@ def _info(f: h5py.File, path, obs_shape) -> ImageInfo:
             raise ValueError(f"{str(path)!r}: attrs_keys names {key!r}, which the file does not hold")
         attrs[key] = _json(f, key, object)
     info = ImageInfo(str(path), h, w, m, obs_names, param_names, has_truth, version,
-                     str(_value(f, "sbi_inn_version")), str(_value(f, "created")), attrs)
+                     str(read_attr(f, "sbi_inn_version")), str(read_attr(f, "created")), attrs)
     if obs_shape is not None:
         check_bands(info, obs_shape)
     return info
@@ -304,29 +304,15 @@ def _check_dataset(f, path, name, shape) -> None:
         raise ValueError(f"{str(path)!r}: dataset {name!r} has shape {ds.shape}, the attributes say {shape}")
 
 
-def _value(f, key):
-    v = f.attrs.get(key)
-    if isinstance(v, bytes):
-        return v.decode()
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def _text(v) -> str | None:
     if isinstance(v, bytes):
         return v.decode(errors="replace")
     return v if isinstance(v, str) else None
 
 
-def _int(f, key, minimum) -> int:
-    v = _value(f, key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{f.filename!r}: attribute {key!r} must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
 def _json(f, key, kind):
     try:
-        value = json.loads(_value(f, key))
+        value = json.loads(read_attr(f, key))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{f.filename!r}: attribute {key!r} is not valid JSON ({err})") from None
     if kind is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
