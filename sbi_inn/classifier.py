@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from sbi_inn._version import __version__
 from sbi_inn.checks import check_types, class_labels, real_tensor
 from sbi_inn.config import as_config, override
-from sbi_inn.fit import _checkpoint, _jsonable  # the same fingerprinted checkpoints as fit_posterior
+from sbi_inn.fingerprint import checkpoint_path, jsonable  # the same fingerprinted checkpoints as fit_posterior
 from sbi_inn.flows import CouplingFlow, FlowConfig
 from sbi_inn.locking import exclusive_lock
 from sbi_inn.model_files import HeaderBounds, read_model_file, write_model_file
@@ -555,7 +555,7 @@ def fit_classifier(x, labels, *, beta: float | None = None, seed: int = 0, confi
         xb, yb = batch
         return m.loss_rows(xb, yb, m.noise(xb.shape, step.generator, xb.device))[0], {}
 
-    fingerprint = _jsonable({"method": "ib_inn", "config": {**cfg.to_dict(), "train": train_cfg.to_dict()},
+    fingerprint = jsonable({"method": "ib_inn", "config": {**cfg.to_dict(), "train": train_cfg.to_dict()},
                              "beta": model.beta, "seed": seed, "validation_fraction": validation_fraction,
                              "data": _data_fingerprint(x, y), "model": model.config()})
     t0 = time.perf_counter()
@@ -564,14 +564,14 @@ def fit_classifier(x, labels, *, beta: float | None = None, seed: int = 0, confi
             Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
             stack.enter_context(exclusive_lock(Path(checkpoint_dir) / "checkpoint.pt", what="checkpoint"))
         history = train(model, loss_fn, train_data, val_data, train_cfg, device=dev,
-                        checkpoint_path=_checkpoint(checkpoint_dir, fingerprint), show_progress=show_progress,
+                        checkpoint_path=checkpoint_path(checkpoint_dir, fingerprint), show_progress=show_progress,
                         val_loss_fn=val_fn)
     clf = Classifier(model)
     model.eval()
     with torch.no_grad():
         ref = clf._chunks(x[torch.from_numpy(ref_rows)].to(dev), lambda xc, _: model.losses(xc)["L_X"])
     model.reference.copy_(ref.sort().values)
-    clf.metadata = _jsonable({
+    clf.metadata = jsonable({
         "method": "ib_inn", "seed": seed, "sbi_inn_version": __version__, "device": str(dev), "beta": model.beta,
         "gamma": model.beta / d, "config": cfg.to_dict(), "train_config": train_cfg.to_dict(),
         "data": {"num_rows": int(x.shape[0]), "num_train": len(train_idx), "num_val": len(val_idx),

@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from sbi_inn._version import __version__
 from sbi_inn.cinn import ConditionalINN
 from sbi_inn.config import DataConfig, FitConfig, as_config
+from sbi_inn.fingerprint import checkpoint_path, jsonable
 from sbi_inn.inn import INNConfig, build_inn
 from sbi_inn.locking import exclusive_lock
 from sbi_inn.losses import check_kl, inn_loss
@@ -214,13 +215,13 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
         stream = fresh_epochs(sims, train_part, num_train, dconf.chunk_size, seed)
         train_data = (lambda epoch: tuple(t.to(dev) for t in stream(epoch))) if dev.type != "cpu" else stream
     summary_name = summary if isinstance(summary, str) else f"custom:{type(summary).__qualname__}"
-    fingerprint = _jsonable({"method": method, "config": resolved, "data_config": dconf.to_dict(), "seed": seed,
+    fingerprint = jsonable({"method": method, "config": resolved, "data_config": dconf.to_dict(), "seed": seed,
                              "data": sims.fingerprint, "summary": summary_name, "model": model.config()})
     if group is None:
-        checkpoint = _checkpoint(checkpoint_dir, fingerprint)
+        checkpoint = checkpoint_path(checkpoint_dir, fingerprint)
     else:  # the same fit on every rank; rank 0 alone checks and writes the fingerprint, and all agree on its verdict
         group.check_same(json.dumps(fingerprint, sort_keys=True), "the fit (data, configuration, seed)")
-        checkpoint = group.agree(lambda: _checkpoint(checkpoint_dir, fingerprint), main_only=True)
+        checkpoint = group.agree(lambda: checkpoint_path(checkpoint_dir, fingerprint), main_only=True)
         checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
     t0 = time.perf_counter()
     history = train(model, loss_fn, train_data, val_part, train_cfg, device=dev, checkpoint_path=checkpoint,
@@ -236,7 +237,7 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
     if group is not None:
         metadata["distributed"] = {"world_size": group.world_size, "backend": group.backend}
     return Posterior(model, param_names=sims.param_names, obs_shape=obs_shape, is_set_valued=sims.is_set_valued,
-                     metadata=_jsonable(metadata))
+                     metadata=jsonable(metadata))
 
 
 def _cinn(cfg: FitConfig, param_dim: int, obs_shape, sims: TrainingData, summary, num_train: int, init_seed: int):
@@ -263,46 +264,3 @@ def _inn(cfg: INNConfig, param_dim: int, obs_dim: int, sims: TrainingData, init_
         check_kl(model, prior_log_prob)
     return (model, cfg.train, inn_loss(cfg, prior_log_prob=prior_log_prob),
             inn_loss(cfg, ramp=False, prior_log_prob=prior_log_prob))
-
-
-def _checkpoint(checkpoint_dir, fingerprint: dict) -> Path | None:
-    """``checkpoint_dir/checkpoint.pt``; the fit's fingerprint is kept in ``fit.json`` beside it, and a directory
-    whose fingerprint differs is refused with the fields that differ."""
-    if checkpoint_dir is None:
-        return None
-    d = Path(checkpoint_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    meta = d / "fit.json"
-    if meta.is_file():
-        changed = _differences(json.loads(meta.read_text()), fingerprint)
-        if changed:
-            raise ValueError(f"checkpoint_dir {str(d)!r} holds a checkpoint of a different fit (differs in "
-                             f"{', '.join(changed)}); use a new directory or delete it")
-    else:
-        meta.write_text(json.dumps(fingerprint, indent=1))
-    return d / "checkpoint.pt"
-
-
-def _differences(old, new, prefix: str = "") -> list[str]:
-    """Dotted names of the fields where two JSON trees differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [name for k in sorted(set(old) | set(new))
-                for name in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [prefix.rstrip(".") or "(all)"]
-
-
-def _jsonable(obj):
-    """Plain JSON types (tensors and numpy scalars converted, tuples to lists)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if dataclasses.is_dataclass(obj):
-        return _jsonable(dataclasses.asdict(obj))
-    return repr(obj)
