@@ -10,8 +10,9 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Mul
 
 import sbi_inn.classifier as classifier_module
 from sbi_inn import fit_classifier, load_classifier
-from sbi_inn.classifier import DEFAULT_GAMMA, IBINN, ClassifierConfig, ib_loss
+from sbi_inn.classifier import DEFAULT_GAMMA, ClassifierConfig
 from sbi_inn.diagnostics.classification import classification_calibration, ood_auroc
+from sbi_inn.ib_inn import IBINN, ib_loss
 
 TINY = {"flow": {"num_blocks": 1, "hidden": 8}, "train": {"epochs": 3, "batch_size": 64}}
 
