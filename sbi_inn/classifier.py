@@ -340,8 +340,8 @@ def fit_classifier(x, labels, *, beta: float | None = None, seed: int = 0, confi
         return m.loss_rows(xb, yb, m.noise(xb.shape, step.generator, xb.device))[0], {}
 
     fingerprint = jsonable({"method": "ib_inn", "config": {**cfg.to_dict(), "train": train_cfg.to_dict()},
-                             "beta": model.beta, "seed": seed, "validation_fraction": validation_fraction,
-                             "data": _data_fingerprint(x, y), "model": model.config()})
+                            "beta": model.beta, "seed": seed, "validation_fraction": validation_fraction,
+                            "data": _data_fingerprint(x, y), "model": model.config()})
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if checkpoint_dir is not None:

@@ -216,7 +216,7 @@ def _fit(sims: TrainingData, method: str, mconf, dconf: DataConfig, summary, dev
         train_data = (lambda epoch: tuple(t.to(dev) for t in stream(epoch))) if dev.type != "cpu" else stream
     summary_name = summary if isinstance(summary, str) else f"custom:{type(summary).__qualname__}"
     fingerprint = jsonable({"method": method, "config": resolved, "data_config": dconf.to_dict(), "seed": seed,
-                             "data": sims.fingerprint, "summary": summary_name, "model": model.config()})
+                            "data": sims.fingerprint, "summary": summary_name, "model": model.config()})
     if group is None:
         checkpoint = checkpoint_path(checkpoint_dir, fingerprint)
     else:  # the same fit on every rank; rank 0 alone checks and writes the fingerprint, and all agree on its verdict
